@@ -1,0 +1,112 @@
+"""What every notebook does first: seeds, plain-text logging, no progress widgets, output folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radimpress_lib.config import Params
+
+
+def quiet_progress_bars() -> None:
+    """tqdm widgets break notebooks saved by papermill: progress is logged as text instead."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets is a hard dependency
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def start(params: Params) -> tuple[Path, Path]:
+    """Prepare a notebook run; returns (output folder, figures folder)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout, force=True)
+    quiet_progress_bars()
+    seed_everything(params.run.run_seed)
+    out_dir = params.output_dir
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    return out_dir, figures
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON (indent 2, NaN-free) atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False, default=_jsonable) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_data(params: Params):
+    """Load the run's reports as configured; returns (DatasetDict, info).
+
+    ``info`` is :func:`radimpress_lib.data.load_from_config`'s report plus
+    ``files`` (one row per file read: rows read, kept, skipped by reason),
+    ``totals`` (the same summed over files), ``data_files`` (paths, for the
+    manifest) and ``summary`` (readable text).
+    """
+    from collections import Counter
+
+    from radimpress_lib import data
+
+    d = params.data
+    dsd, info = data.load_from_config(
+        d.data_dir, d.data_source, strict=d.data_strict, max_chars=d.data_max_chars,
+        user_data_path=d.data_user_path, user_column_map=d.data_user_columns,
+        limit_train=d.data_limit_train, limit_eval=d.data_limit_eval, seed=params.run.run_seed,
+    )
+    root = Path(info["data_dir"]) if info.get("data_dir") else None
+    reasons = sorted({reason for load in info["loads"].values() for reason in load["skipped"]})
+    rows, skipped = [], Counter()
+    for role, load in info["loads"].items():
+        src = Path(load["source"])
+        shown = str(src.relative_to(root)) if root is not None and src.is_relative_to(root) else src.name
+        rows.append({"file": shown, "role": role, "rows_read": load["rows_read"], "kept": load["kept"],
+                     **{f"skipped:{r}": load["skipped"].get(r, 0) for r in reasons}})
+        skipped.update(load["skipped"])
+    totals = {"rows_read": sum(r["rows_read"] for r in rows), "kept": sum(r["kept"] for r in rows),
+              "skipped": dict(sorted(skipped.items()))}
+    lines = [f"data folder: {info.get('data_dir')}  source: {d.data_source}  strict: {d.data_strict}"]
+    for role, load in info["loads"].items():
+        lines.append(f"  {Path(load['source']).name} ({role}): read {load['rows_read']}, kept {load['kept']}, "
+                     f"skipped {dict(load['skipped']) or 0}")
+    lines.append(f"leakage guard removed {info['leakage_removed']} reports whose findings occur in the test split")
+    lines.append(f"final split sizes: {info['split_sizes']}")
+    info = info | {"files": rows, "totals": totals, "data_files": data.data_files_read(info), "summary": "\n".join(lines)}
+    return dsd, info
