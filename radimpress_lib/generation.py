@@ -1,0 +1,280 @@
+"""Batched impression generation (greedy or beam search) and predictions JSONL.
+
+* prompts come from :func:`radimpress_lib.prompting.build_prompt` (the same layout the
+  model was fine-tuned on);
+* prompts are sorted by token length (longest first) and cut into batches, so a batch
+  holds prompts of similar length and little padding; results are put back in input
+  order;
+* batches are **left**-padded (decoder-only models continue from the last position),
+  with an attention mask, so a batched greedy decode equals a one-by-one decode;
+* decoding stops at the chat end-of-turn token (``<|im_end|>``) or ``eos``, or after
+  ``gen_max_new_tokens`` (such outputs are counted as not stopped);
+* ``torch.inference_mode``, fp32 on CPU, progress as text lines (reports/s, ETA).
+
+Each prediction row of the JSONL file holds ``report_id, prediction, reference, model,
+params_hash`` (plus ``n_prompt_tokens, n_new_tokens, stopped``); ``params_hash`` is the
+sha256 of the sorted-key JSON of the generation settings and the model settings, so
+rows produced with other settings are never mixed up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from radimpress_lib.config import _Stage
+from radimpress_lib.prompting import build_prompt, end_of_turn_token_ids
+
+__all__ = [
+    "GenerationStageConfig",
+    "GenerationResult",
+    "params_hash",
+    "generate_impressions",
+    "write_predictions_jsonl",
+    "read_predictions_jsonl",
+]
+
+logger = logging.getLogger("radimpress.generation")
+
+LogFn = Callable[[str], None]
+
+PREDICTION_FIELDS = ("report_id", "prediction", "reference", "model", "params_hash")
+
+
+class GenerationStageConfig(_Stage):
+    """Generation parameters (flat ``gen_*`` names: they are papermill parameters)."""
+
+    gen_batch_size: int = Field(16, gt=0, description="prompts decoded together")
+    gen_max_new_tokens: int = Field(128, gt=0, description="longest impression in tokens")
+    gen_num_beams: int = Field(1, gt=0, description="1: greedy; >1: beam search")
+    gen_log_every: int = Field(1, gt=0, description="batches between progress lines")
+
+
+def params_hash(gen_config: GenerationStageConfig | Mapping[str, Any], model_config: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the sorted-key JSON of ``{"generation": ..., "model": ...}``."""
+    gen = gen_config.model_dump() if isinstance(gen_config, GenerationStageConfig) else dict(gen_config)
+    gen.pop("gen_log_every", None)  # progress logging does not change the predictions
+    blob = json.dumps({"generation": gen, "model": dict(model_config)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class GenerationResult:
+    """Predictions (input order) and timing of one :func:`generate_impressions` call."""
+
+    predictions: list[dict[str, Any]]
+    params_hash: str
+    wall_time_s: float
+    reports_per_s: float
+    new_tokens: int
+    n_not_stopped: int
+    n_batches: int
+    padding_ratio: float
+    path: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the predictions (JSON-serialisable)."""
+        out = asdict(self)
+        out.pop("predictions")
+        out["n_reports"] = len(self.predictions)
+        return out
+
+
+def _default_log(line: str) -> None:
+    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+        logger.info(line)
+    else:
+        print(line, flush=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s):] = 1
+    return ids, mask
+
+
+def generate_impressions(
+    model: Any,
+    tokenizer: Any,
+    records: Iterable[Mapping[str, Any]],
+    cfg: GenerationStageConfig,
+    *,
+    model_name: str,
+    model_config: Mapping[str, Any] | None = None,
+    styles: Sequence[str | None] | None = None,
+    out_path: str | Path | None = None,
+    log: LogFn | None = None,
+) -> GenerationResult:
+    """Generate one impression per record.
+
+    Args:
+        model: a causal LM (a peft model with adapters works too), fp32 on CPU.
+        tokenizer: its tokenizer (chat template; pad token or eos used for padding).
+        records: canonical records (``report_id``, ``findings``; ``impression`` becomes
+            the ``reference`` when present).
+        cfg: batch size, max new tokens, beams.
+        model_name: written to every row (``model``).
+        model_config: settings identifying the model (name, adapter path, ...), hashed
+            with ``cfg`` into ``params_hash``; default ``{"model": model_name}``.
+        styles: optional per-record style slot (see :func:`prompting.build_messages`).
+        out_path: when given, the predictions are written there as JSONL.
+        log: where progress lines go (default: ``radimpress.generation`` logger or stdout).
+
+    Returns:
+        :class:`GenerationResult` with the rows in input order.
+    """
+    log = log or _default_log
+    rows = list(records)
+    if styles is not None and len(styles) != len(rows):
+        raise ValueError(f"styles has {len(styles)} entries for {len(rows)} records")
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        low = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+        if low:
+            raise ValueError(f"model has {sorted(low)} weights; generation on CPU is fp32 only")
+    model_config = dict(model_config) if model_config is not None else {"model": model_name}
+    phash = params_hash(cfg, model_config)
+
+    end_ids = end_of_turn_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    prompts = [build_prompt(tokenizer, r, None if styles is None else styles[i]) for i, r in enumerate(rows)]
+    # The chat template already holds any special tokens (BOS etc.).
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), i))
+    batches = [order[i: i + cfg.gen_batch_size] for i in range(0, len(order), cfg.gen_batch_size)]
+
+    from transformers import GenerationConfig
+
+    gen_config = GenerationConfig(
+        max_new_tokens=cfg.gen_max_new_tokens,
+        num_beams=cfg.gen_num_beams,
+        do_sample=False,
+        eos_token_id=end_ids,
+        pad_token_id=pad_id,
+        early_stopping=True if cfg.gen_num_beams > 1 else False,
+    )
+    results: list[dict[str, Any] | None] = [None] * len(rows)
+    new_tokens = not_stopped = 0
+    padded = real = 0
+    was_training = model.training
+    model.eval()
+    log(
+        f"gen: {len(rows)} reports in {len(batches)} batches of {cfg.gen_batch_size}, "
+        f"max_new_tokens={cfg.gen_max_new_tokens}, beams={cfg.gen_num_beams}, device={device.type}"
+    )
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for b, idx in enumerate(batches, start=1):
+                ids, mask = _left_pad([encoded[i] for i in idx], pad_id)
+                padded += ids.numel()
+                real += int(mask.sum())
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config
+                )
+                gen = out[:, ids.shape[1]:].cpu()
+                for row, i in enumerate(idx):
+                    toks = gen[row].tolist()
+                    stop = next((k for k, t in enumerate(toks) if t in end_ids), None)
+                    kept = toks if stop is None else toks[:stop]
+                    # Trailing pads after the stop token (other sequences still running) are dropped above.
+                    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+                    new_tokens += len(kept) + (stop is not None)
+                    not_stopped += stop is None
+                    record = rows[i]
+                    results[i] = {
+                        "report_id": str(record.get("report_id", i)),
+                        "prediction": text,
+                        "reference": record.get("impression"),
+                        "model": model_name,
+                        "params_hash": phash,
+                        "n_prompt_tokens": len(encoded[i]),
+                        "n_new_tokens": len(kept),
+                        "stopped": stop is not None,
+                    }
+                if b % cfg.gen_log_every == 0 or b == len(batches):
+                    done = sum(len(x) for x in batches[:b])
+                    elapsed = time.perf_counter() - t0
+                    rate = done / elapsed if elapsed > 0 else math.inf
+                    eta = (len(rows) - done) / rate if rate > 0 else 0.0
+                    log(
+                        f"gen batch {b}/{len(batches)} | {done}/{len(rows)} reports | {rate:.2f} reports/s | "
+                        f"{_fmt_s(elapsed)} elapsed" + (f", ~{_fmt_s(eta)} left" if done < len(rows) else "")
+                    )
+    finally:
+        if was_training:
+            model.train()
+    wall = time.perf_counter() - t0
+    predictions = [r for r in results if r is not None]
+    assert len(predictions) == len(rows)
+    if not_stopped:
+        log(f"gen: {not_stopped}/{len(rows)} outputs hit max_new_tokens={cfg.gen_max_new_tokens} without an end token")
+    result = GenerationResult(
+        predictions=predictions,
+        params_hash=phash,
+        wall_time_s=wall,
+        reports_per_s=len(rows) / wall if wall > 0 else math.inf,
+        new_tokens=new_tokens,
+        n_not_stopped=not_stopped,
+        n_batches=len(batches),
+        padding_ratio=1 - real / padded if padded else 0.0,
+        settings={"generation": cfg.model_dump(), "model": model_config},
+    )
+    if out_path is not None:
+        result.path = str(write_predictions_jsonl(predictions, out_path))
+        log(f"gen: wrote {len(predictions)} predictions to {result.path}")
+    return result
+
+
+def write_predictions_jsonl(predictions: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write prediction rows as JSONL (atomically: a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for i, row in enumerate(predictions):
+            missing = [k for k in PREDICTION_FIELDS if k not in row]
+            if missing:
+                raise ValueError(f"prediction row {i} lacks fields {missing}")
+            fh.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_predictions_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a predictions JSONL file; a bad line is an error naming file and line."""
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            missing = [k for k in PREDICTION_FIELDS if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing fields {missing}")
+            rows.append(row)
+    return rows

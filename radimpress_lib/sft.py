@@ -1,0 +1,739 @@
+"""Supervised fine-tuning (findings -> impression) with TRL's ``SFTTrainer``.
+
+Methods (``sft_method``):
+
+* ``"lora"``  — peft LoRA adapters on a frozen fp32 (CPU) or bf16 (CUDA) base model;
+* ``"qlora"`` — LoRA on a 4-bit bitsandbytes base model; CUDA only (a clear error on CPU);
+  load the model with :func:`qlora_quantization_config`;
+* ``"full"``  — every weight is trained.
+
+With ``sft_use_unsloth`` (CUDA only, optional ``unsloth`` package) the model comes from
+:func:`load_unsloth_model`, which already attaches the LoRA adapters.
+
+CPU fast path (what :func:`train_sft` does when there is no GPU):
+
+* fp32 only (low-precision weights are refused), no mixed precision;
+* ``torch`` threads = physical cores (``sft_num_threads``), dataloader workers 0;
+* no gradient checkpointing (``sft_gradient_checkpointing=None`` means "only on CUDA");
+* little padding: length-grouped padded batches (``sft_group_by_length``, the default:
+  batches of similar lengths, random batch order). Padding-free batches
+  (``sft_padding_free``: the sequences of a batch flattened into one row with restarting
+  ``position_ids``; transformers then builds a block-diagonal causal mask for sdpa/eager,
+  so examples never attend to each other) are exact too, but on CPU the attention over
+  the flattened row costs O(total_tokens^2): at 8 sequences of ~130 tokens it made the
+  step ~25% slower than length-grouped batches (measured on SmolLM2-135M); it pays off
+  with varlen flash attention on GPU;
+* the LM head is applied only at positions that carry a label (the impression tokens): the
+  prompt is ~90% of a sequence and the 49k-vocabulary head is ~20% of the FLOPs of a small
+  model. TRL's fused LM head does this only on Triton devices; on CPU it scores every
+  position and recomputes the head in the backward pass;
+* LoRA dropout defaults to 0: on CPU, drawing its random masks took ~18% of a step.
+
+Training resumes automatically from the newest checkpoint under ``<output_dir>/checkpoints``
+(saved every ``sft_save_steps`` optimizer steps); the trainer restores optimizer, scheduler,
+RNG states and the position in the seeded data order, so a killed run that is resumed ends
+with the same weights as an uninterrupted one (``tests/test_sft.py`` checks this).
+
+Progress is logged as text lines (no tqdm widgets), e.g.::
+
+    sft step 40/200 (20%) epoch 0.29 | loss 1.2345 | lr 1.95e-04 | 142 tok/s | 0:04:41 elapsed, ~0:18:45 left
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, TrainerControl, TrainerState
+from transformers.trainer_utils import get_last_checkpoint
+
+from radimpress_lib.config import _Stage
+from radimpress_lib.prompting import IGNORE_INDEX, SFTDatasetStats, build_sft_dataset
+
+__all__ = [
+    "SFTStageConfig",
+    "SFTResult",
+    "SFTRunMismatchError",
+    "train_sft",
+    "make_lora_config",
+    "qlora_quantization_config",
+    "load_unsloth_model",
+    "physical_cores",
+    "configure_torch_threads",
+    "TextProgressCallback",
+    "completion_loss",
+    "apply_adapter",
+]
+
+logger = logging.getLogger("radimpress.sft")
+
+LogFn = Callable[[str], None]
+
+
+class SFTStageConfig(_Stage):
+    """Notebook SFT stage parameters (flat ``sft_*`` names: they are papermill parameters)."""
+
+    sft_method: Literal["lora", "qlora", "full"] = Field("lora", description="lora | qlora (CUDA only) | full")
+    sft_lora_r: int = Field(16, gt=0, description="LoRA rank")
+    sft_lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r)")
+    sft_lora_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="dropout on the LoRA input; 0 by default: on CPU its random masks cost ~18% of a step",
+    )
+    sft_lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="'all-linear' or module names, e.g. [q_proj, k_proj, v_proj, o_proj]"
+    )
+    sft_learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    sft_lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("cosine")
+    sft_epochs: float = Field(1.0, gt=0, description="epochs over the train split (ignored when sft_max_steps > 0)")
+    sft_max_steps: int = Field(-1, description="optimizer steps; -1: run sft_epochs")
+    sft_per_device_batch: int = Field(8, gt=0, description="sequences per micro-batch")
+    sft_grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    sft_max_seq_len: int = Field(512, gt=16, description="longest example; longer findings are truncated")
+    sft_warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="share of steps with linear warmup")
+    sft_weight_decay: float = Field(0.0, ge=0.0)
+    sft_max_grad_norm: float = Field(1.0, gt=0)
+    sft_logging_steps: int = Field(10, gt=0, description="optimizer steps between progress lines")
+    sft_save_steps: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
+    sft_save_total_limit: int = Field(2, gt=0, description="checkpoints kept on disk")
+    sft_eval_steps: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
+    sft_padding_free: bool = Field(False, description="flatten each batch into one padding-free row (best on GPU)")
+    sft_group_by_length: bool = Field(True, description="length-grouped padded batches (best on CPU)")
+    sft_gradient_checkpointing: bool | None = Field(None, description="None: on for CUDA, off for CPU")
+    sft_num_threads: int | None = Field(None, gt=0, description="torch threads; None: physical cores")
+    sft_use_unsloth: bool = Field(False, description="unsloth FastLanguageModel (CUDA only)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SFTStageConfig":
+        if self.sft_max_steps == 0 or self.sft_max_steps < -1:
+            raise ValueError(f"sft_max_steps must be -1 (use sft_epochs) or positive, got {self.sft_max_steps}")
+        if self.sft_padding_free and self.sft_group_by_length:
+            raise ValueError("choose one of sft_padding_free and sft_group_by_length (padding-free has no padding)")
+        if isinstance(self.sft_lora_targets, list) and not self.sft_lora_targets:
+            raise ValueError("sft_lora_targets is empty; use 'all-linear' or a list of module names")
+        return self
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the settings that change what a run computes (resume must match)."""
+        ignore = {"sft_logging_steps", "sft_save_steps", "sft_save_total_limit", "sft_num_threads", "sft_eval_steps"}
+        blob = {k: v for k, v in self.model_dump().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class SFTRunMismatchError(RuntimeError):
+    """``output_dir`` holds checkpoints of a run with other settings or data."""
+
+
+@dataclass
+class SFTResult:
+    """What :func:`train_sft` returns (also written to ``<output_dir>/sft_result.json``)."""
+
+    output_dir: str
+    final_dir: str
+    method: str
+    global_step: int
+    max_steps: int
+    loss_history: list[dict[str, float]]
+    eval_history: list[dict[str, float]]
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    train_tokens: int
+    completion_tokens: int
+    wall_time_s: float
+    tokens_per_s: float
+    resumed_from: str | None
+    n_trainable_params: int
+    n_params: int
+    torch_threads: int
+    device: str
+    dataset_stats: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads not counted)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(physical, available))
+
+
+def configure_torch_threads(n: int | None = None) -> int:
+    """Set torch intra-op threads to ``n`` (default: physical cores); returns the value set."""
+    n = n or physical_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def _default_log(line: str) -> None:
+    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+        logger.info(line)
+    else:  # e.g. a notebook without logging configured: still show progress as plain text
+        print(line, flush=True)
+
+
+def _require_cuda(what: str) -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{what} needs a CUDA GPU (bitsandbytes / unsloth kernels); this machine has none. "
+            "Use sft_method='lora' (or 'full') with sft_use_unsloth=False on CPU."
+        )
+
+
+def make_lora_config(cfg: SFTStageConfig) -> Any:
+    """The peft ``LoraConfig`` for ``cfg`` (causal LM, no bias training)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.sft_lora_r,
+        lora_alpha=cfg.sft_lora_alpha,
+        lora_dropout=cfg.sft_lora_dropout,
+        target_modules=cfg.sft_lora_targets,
+        bias="none",
+    )
+
+
+def qlora_quantization_config() -> Any:
+    """4-bit NF4 ``BitsAndBytesConfig`` (double quantisation, bf16 compute) for QLoRA; CUDA only.
+
+    Pass it as ``quantization_config=`` when loading the base model.
+    """
+    _require_cuda("sft_method='qlora'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def load_unsloth_model(model_name_or_path: str, cfg: SFTStageConfig, seed: int) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` with unsloth's ``FastLanguageModel`` and attach LoRA adapters.
+
+    CUDA only; ``unsloth`` is an optional dependency (``pip install radimpress[gpu]``).
+    ``sft_method='qlora'`` loads the base model in 4 bit. Pass the result to
+    :func:`train_sft` with ``sft_use_unsloth=True``.
+    """
+    _require_cuda("sft_use_unsloth=True")
+    if cfg.sft_method == "full":
+        raise ValueError("unsloth is used here for (Q)LoRA only; set sft_use_unsloth=False for full fine-tuning")
+    try:
+        from unsloth import FastLanguageModel
+    except ImportError as exc:  # pragma: no cover - depends on optional GPU extras
+        raise ImportError("sft_use_unsloth=True needs the 'unsloth' package (pip install unsloth)") from exc
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_name_or_path,
+        max_seq_length=cfg.sft_max_seq_len,
+        dtype=None,
+        load_in_4bit=cfg.sft_method == "qlora",
+    )
+    targets = cfg.sft_lora_targets
+    if targets == "all-linear":
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.sft_lora_r,
+        lora_alpha=cfg.sft_lora_alpha,
+        lora_dropout=cfg.sft_lora_dropout,
+        target_modules=targets,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.sft_gradient_checkpointing is not False else False,
+        random_state=seed,
+    )
+    return model, tokenizer
+
+
+def apply_adapter(model: PreTrainedModel, adapter_dir: str | Path, *, merge: bool = True) -> Any:
+    """Load a LoRA adapter saved by :func:`train_sft` onto a fresh base model.
+
+    With ``merge`` (default) the adapter is folded into the weights, so generation runs at
+    base-model speed; otherwise the ``PeftModel`` is returned.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA adapter folder from train_sft)")
+    with _quiet_library_warnings():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return peft_model.merge_and_unload() if merge else peft_model
+
+
+def _check_precision(model: torch.nn.Module, on_cuda: bool) -> None:
+    if on_cuda:
+        return
+    low = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if low:
+        raise ValueError(
+            f"model has {', '.join(low)} weights; training on CPU is fp32 only (load it with dtype='float32')"
+        )
+
+
+def _sparse_head_supported(model: torch.nn.Module) -> bool:
+    """Whether the LM head is a plain linear projection (no logit scaling / soft-capping)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
+        value = getattr(config, name, None)
+        if value not in (None, 1.0):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- trainer pieces
+
+
+@dataclass
+class _TokenMeter:
+    """Useful (non-pad) tokens seen by the trainer in this process."""
+
+    tokens: int = 0
+    completion_tokens: int = 0
+    started: float | None = None
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class TextProgressCallback(TrainerCallback):
+    """Logs one text line per logging step (loss, lr, tokens/s, ETA) instead of tqdm widgets."""
+
+    def __init__(self, meter: _TokenMeter | None = None, log: LogFn | None = None, prefix: str = "sft") -> None:
+        self.meter = meter
+        self.log = log or _default_log
+        self.prefix = prefix
+        self._t0: float | None = None
+        self._step0 = 0
+
+    def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        self._t0 = time.perf_counter()
+        self._step0 = state.global_step
+        if self.meter is not None:
+            self.meter.started = self._t0
+        self.log(f"{self.prefix} start at step {state.global_step}/{state.max_steps}")
+
+    def on_log(self, args, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if not logs or self._t0 is None:
+            return
+        elapsed = time.perf_counter() - self._t0
+        parts = [f"{self.prefix} step {state.global_step}/{state.max_steps}"]
+        if state.max_steps:
+            parts[0] += f" ({100 * state.global_step / state.max_steps:.0f}%)"
+        if state.epoch is not None:
+            parts[0] += f" epoch {state.epoch:.2f}"
+        for key in ("loss", "eval_loss", "train_loss"):
+            if key in logs:
+                parts.append(f"{key} {logs[key]:.4g}")
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.2e}")
+        if self.meter is not None and elapsed > 0:
+            parts.append(f"{self.meter.tokens / elapsed:.0f} tok/s")
+        done = state.global_step - self._step0
+        left = state.max_steps - state.global_step
+        eta = f", ~{_fmt_s(elapsed / done * left)} left" if done > 0 and left > 0 else ""
+        parts.append(f"{_fmt_s(elapsed)} elapsed{eta}")
+        self.log(" | ".join(parts))
+
+
+def completion_loss(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal-LM loss that applies the LM head only where a label is set.
+
+    Equals the usual shifted cross-entropy (``model(**inputs, labels=labels).loss`` when
+    ``num_items_in_batch`` is None) but projects to the vocabulary only the hidden states
+    whose next-token label is not ``-100``.
+
+    Args:
+        model: a causal LM or a peft model wrapping one (plain linear LM head).
+        inputs: model inputs without ``labels`` (``input_ids`` plus ``attention_mask`` or
+            padding-free ``position_ids``).
+        labels: ``[batch, seq]`` labels, ``-100`` where no loss is taken.
+        num_items_in_batch: divisor of the summed loss (tokens of the whole accumulated
+            batch); default: the labelled tokens of this batch.
+
+    Returns:
+        ``(loss, logits, targets)``: the scalar loss and the ``[n_labelled, vocab]`` fp32
+        logits with their target ids.
+    """
+    from accelerate.utils import is_peft_model
+
+    causal_lm = model.get_base_model() if is_peft_model(model) else model
+    hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
+    tgt = targets[mask]
+    loss_sum = F.cross_entropy(logits, tgt, reduction="sum")
+    n = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    return loss_sum / torch.as_tensor(n, device=loss_sum.device).clamp(min=1), logits, tgt
+
+
+def _make_trainer_class() -> type:
+    """``SFTTrainer`` subclass with the sparse LM-head loss and token counting (built lazily: TRL import is slow)."""
+    from trl import SFTTrainer
+
+    class _RadSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, sparse_lm_head: bool, meter: _TokenMeter, **kwargs: Any) -> None:
+            self._sparse_lm_head = sparse_lm_head
+            self._meter = meter
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            # Useful tokens: non-pad tokens (padded batches) or the whole flattened row (padding-free).
+            n_tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel())
+            if mode == "train":
+                self._meter.tokens += n_tokens
+                self._meter.completion_tokens += int((inputs["labels"][..., 1:] != IGNORE_INDEX).sum())
+            if not self._sparse_lm_head or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            loss, logits, tgt = completion_loss(
+                self.accelerator.unwrap_model(model), inputs, labels, num_items_in_batch
+            )
+            mask_sum = tgt.numel()
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            with torch.no_grad():
+                if mask_sum:
+                    logp = torch.log_softmax(logits.detach(), dim=-1)
+                    entropy = -(logp.exp() * logp).sum(-1).mean().item()
+                    accuracy = (logits.detach().argmax(-1) == tgt).float().mean().item()
+                else:
+                    entropy = accuracy = 0.0
+                self._metrics[mode]["entropy"].append(entropy)
+                self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+                if mode == "train":
+                    self._total_train_tokens += n_tokens
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return _RadSFTTrainer
+
+
+@contextlib.contextmanager
+def _quiet_library_warnings() -> Iterator[None]:
+    """Hide warnings that libraries raise about their own internals (nothing for a user to act on)."""
+    with warnings.catch_warnings():
+        # peft/TRL call transformers' deprecated ``is_gradient_checkpointing``.
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*pin_memory.*no accelerator.*", category=UserWarning)
+        yield
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence the tqdm bars of datasets (map/filter) and transformers (saving shards)."""
+    from transformers.utils import logging as hf_logging
+
+    ds_enabled = datasets.is_progress_bar_enabled()
+    hf_enabled = hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        with _quiet_library_warnings():
+            yield
+    finally:
+        if ds_enabled:
+            datasets.enable_progress_bars()
+        if hf_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _dataset_fingerprint(ds: datasets.Dataset) -> str:
+    h = hashlib.sha256()
+    for ids, labels in zip(ds["input_ids"], ds["labels"]):
+        h.update(json.dumps([ids, labels]).encode("ascii"))
+    return h.hexdigest()[:16]
+
+
+def _prepare(
+    tokenizer: PreTrainedTokenizerBase, ds: datasets.Dataset | None, max_len: int, name: str
+) -> tuple[datasets.Dataset | None, SFTDatasetStats | None]:
+    """Tokenized dataset (input_ids + labels) from canonical records, or checked as given."""
+    if ds is None:
+        return None, None
+    cols = set(ds.column_names)
+    if {"input_ids", "labels"} <= cols:
+        too_long = [i for i, ids in enumerate(ds["input_ids"]) if len(ids) > max_len]
+        if too_long:
+            raise ValueError(
+                f"{name} dataset: {len(too_long)} examples are longer than sft_max_seq_len={max_len} "
+                f"(first row {too_long[0]}); build them with prompting.build_sft_dataset(..., max_len)"
+            )
+        return ds.select_columns(["input_ids", "labels"]), None
+    if {"findings", "impression"} <= cols:
+        built, stats = build_sft_dataset(tokenizer, ds, max_len)
+        return built.select_columns(["input_ids", "labels"]), stats
+    raise ValueError(
+        f"{name} dataset has columns {sorted(cols)}: expected canonical records (findings, impression) "
+        "or tokenized examples (input_ids, labels)"
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_ds: datasets.Dataset,
+    eval_ds: datasets.Dataset | None,
+    cfg: SFTStageConfig,
+    output_dir: str | Path,
+    seed: int,
+    *,
+    callbacks: list[TrainerCallback] | None = None,
+    resume: bool = True,
+    log: LogFn | None = None,
+) -> SFTResult:
+    """Fine-tune ``model`` on ``train_ds``; resumes from the newest checkpoint in ``output_dir``.
+
+    Args:
+        model: a causal LM (fp32 on CPU); a peft/unsloth model already holding LoRA adapters
+            is trained as is (``sft_use_unsloth``), otherwise adapters are added per ``cfg``.
+        tokenizer: its tokenizer (with chat template).
+        train_ds / eval_ds: canonical records (tokenized here with
+            :func:`radimpress_lib.prompting.build_sft_dataset`) or already tokenized
+            examples (``input_ids``, ``labels``); ``eval_ds`` may be None.
+        cfg: the SFT stage settings.
+        output_dir: run folder: ``checkpoints/``, ``adapter/`` (LoRA) or ``model/`` (full),
+            ``sft_run.json`` (settings, checked on resume), ``sft_result.json``.
+        seed: seed of LoRA init, data order and dropout.
+        callbacks: extra ``TrainerCallback`` objects.
+        resume: resume from the newest checkpoint when there is one; with ``False`` an
+            ``output_dir`` holding checkpoints is an error (runs are never mixed).
+        log: where progress lines go (default: the ``radimpress.sft`` logger, or stdout when
+            logging is not configured).
+
+    Returns:
+        :class:`SFTResult` (loss history, useful tokens, wall time, tokens/s, final dir, ...).
+
+    Raises:
+        RuntimeError: ``qlora`` / unsloth without CUDA.
+        ValueError: low-precision weights on CPU, bad datasets.
+        SFTRunMismatchError: ``output_dir`` holds checkpoints of a different run.
+    """
+    from accelerate.utils import is_peft_model
+    from trl import SFTConfig
+
+    log = log or _default_log
+    on_cuda = torch.cuda.is_available()
+    if cfg.sft_method == "qlora":
+        _require_cuda("sft_method='qlora'")
+    if cfg.sft_use_unsloth:
+        _require_cuda("sft_use_unsloth=True")
+    _check_precision(model, on_cuda)
+    threads = configure_torch_threads(cfg.sft_num_threads)
+
+    output_dir = Path(output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    with _no_progress_bars():
+        train_tok, train_stats = _prepare(tokenizer, train_ds, cfg.sft_max_seq_len, "train")
+        eval_tok, _ = _prepare(tokenizer, eval_ds, cfg.sft_max_seq_len, "eval")
+    assert train_tok is not None
+    if len(train_tok) == 0:
+        raise ValueError("train dataset is empty")
+    if train_stats is not None and train_stats.n_truncated:
+        log(
+            f"sft: {train_stats.n_truncated}/{train_stats.n_examples} train examples had their findings truncated "
+            f"to fit {cfg.sft_max_seq_len} tokens ({train_stats.findings_tokens_dropped} tokens dropped)"
+        )
+
+    # The run identity, checked when resuming (a resumed run must be the same run).
+    run_info = {"sft_fingerprint": cfg.fingerprint(), "seed": seed, "n_train": len(train_tok),
+                "train_fingerprint": _dataset_fingerprint(train_tok), "settings": cfg.model_dump()}
+    run_file = output_dir / "sft_run.json"
+    last_ckpt = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last_ckpt is not None and not resume:
+        raise SFTRunMismatchError(
+            f"{ckpt_dir}: holds checkpoints ({Path(last_ckpt).name}) but resume=False; "
+            "use a new output_dir or delete the old checkpoints"
+        )
+    if last_ckpt is not None and run_file.is_file():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        diff = [k for k in ("sft_fingerprint", "seed", "n_train", "train_fingerprint") if previous.get(k) != run_info[k]]
+        if diff:
+            raise SFTRunMismatchError(
+                f"{output_dir}: holds checkpoints of another run (differs in {diff}); "
+                "use a new output_dir or delete the old checkpoints"
+            )
+    run_file.write_text(json.dumps(run_info, indent=2, sort_keys=True), encoding="utf-8")
+
+    # Method-specific model preparation.
+    peft_config = None
+    already_peft = is_peft_model(model)
+    if cfg.sft_method in ("lora", "qlora") and not already_peft:
+        if cfg.sft_method == "qlora":
+            if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+                raise ValueError(
+                    "sft_method='qlora' needs a quantized base model: load it with "
+                    "quantization_config=sft.qlora_quantization_config()"
+                )
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=cfg.sft_gradient_checkpointing is not False
+            )
+        peft_config = make_lora_config(cfg)
+    elif cfg.sft_method == "full" and already_peft:
+        raise ValueError("sft_method='full' was given a model that already holds peft adapters")
+
+    gradient_checkpointing = on_cuda if cfg.sft_gradient_checkpointing is None else cfg.sft_gradient_checkpointing
+    bf16 = bool(on_cuda and torch.cuda.is_bf16_supported())
+    sampling = "group_by_length" if cfg.sft_group_by_length else "random"
+    eval_strategy = "steps" if (eval_tok is not None and cfg.sft_eval_steps > 0) else "no"
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=cfg.sft_learning_rate,
+        lr_scheduler_type=cfg.sft_lr_scheduler,
+        num_train_epochs=cfg.sft_epochs,
+        max_steps=cfg.sft_max_steps,
+        per_device_train_batch_size=cfg.sft_per_device_batch,
+        per_device_eval_batch_size=cfg.sft_per_device_batch,
+        gradient_accumulation_steps=cfg.sft_grad_accum,
+        warmup_steps=cfg.sft_warmup_ratio,
+        weight_decay=cfg.sft_weight_decay,
+        max_grad_norm=cfg.sft_max_grad_norm,
+        logging_steps=cfg.sft_logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.sft_save_steps,
+        save_total_limit=cfg.sft_save_total_limit,
+        eval_strategy=eval_strategy,
+        eval_steps=cfg.sft_eval_steps or None,
+        bf16=bf16,
+        fp16=False,
+        activation_checkpointing=gradient_checkpointing,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_cuda,
+        report_to="none",
+        disable_tqdm=True,
+        padding_free=cfg.sft_padding_free,
+        max_length=None,  # examples are pre-fitted by truncating findings, never the impression
+        train_sampling_strategy=sampling,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+        save_only_model=False,
+    )
+
+    meter = _TokenMeter()
+    trainer_cls = _make_trainer_class()
+    sparse = not on_cuda and not cfg.sft_use_unsloth and _sparse_head_supported(model)
+    with _no_progress_bars():
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=train_tok,
+            eval_dataset=eval_tok,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[TextProgressCallback(meter, log), *(callbacks or [])],
+            sparse_lm_head=sparse,
+            meter=meter,
+        )
+    trainer.remove_callback(PrinterCallback)
+
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    log(
+        f"sft: method={cfg.sft_method} trainable {n_trainable:,}/{n_params:,} params, {len(train_tok)} examples, "
+        f"device={'cuda' if on_cuda else 'cpu'} threads={threads} padding_free={cfg.sft_padding_free} "
+        f"group_by_length={cfg.sft_group_by_length} gradient_checkpointing={gradient_checkpointing} "
+        f"sparse_lm_head={sparse}" + (f", resuming from {last_ckpt}" if last_ckpt else "")
+    )
+
+    t0 = time.perf_counter()
+    with _no_progress_bars():
+        train_out = trainer.train(resume_from_checkpoint=last_ckpt)
+    wall = time.perf_counter() - t0
+
+    final_eval = None
+    if eval_tok is not None:
+        final_eval = float(trainer.evaluate()["eval_loss"])
+        log(f"sft: eval_loss {final_eval:.4f}")
+
+    final_dir = output_dir / ("model" if cfg.sft_method == "full" else "adapter")
+    with _no_progress_bars():
+        trainer.save_model(str(final_dir))
+        tokenizer.save_pretrained(str(final_dir))
+
+    history = trainer.state.log_history
+    loss_history = [
+        {k: float(h[k]) for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in h and h[k] is not None}
+        for h in history if "loss" in h
+    ]
+    eval_history = [
+        {k: float(h[k]) for k in ("step", "epoch", "eval_loss") if k in h} for h in history if "eval_loss" in h
+    ]
+    result = SFTResult(
+        output_dir=str(output_dir),
+        final_dir=str(final_dir),
+        method=cfg.sft_method,
+        global_step=int(trainer.state.global_step),
+        max_steps=int(trainer.state.max_steps),
+        loss_history=loss_history,
+        eval_history=eval_history,
+        final_train_loss=loss_history[-1]["loss"] if loss_history else None,
+        final_eval_loss=final_eval,
+        train_tokens=meter.tokens,
+        completion_tokens=meter.completion_tokens,
+        wall_time_s=wall,
+        tokens_per_s=meter.tokens / wall if wall > 0 else math.nan,
+        resumed_from=last_ckpt,
+        n_trainable_params=n_trainable,
+        n_params=n_params,
+        torch_threads=threads,
+        device="cuda" if on_cuda else "cpu",
+        dataset_stats=train_stats.as_dict() if train_stats is not None else None,
+        settings={**cfg.model_dump(), "seed": seed, "train_runtime_s": float(train_out.metrics.get("train_runtime", 0))},
+    )
+    (output_dir / "sft_result.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    log(
+        f"sft: done, step {result.global_step}/{result.max_steps}, {result.train_tokens:,} tokens in "
+        f"{_fmt_s(wall)} ({result.tokens_per_s:.0f} tok/s); saved to {final_dir}"
+    )
+    return result

@@ -1,0 +1,91 @@
+"""Tests for the majority and TF-IDF retrieval baselines (synthetic data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radimpress_lib.baselines import RetrievalBaseline, majority_baseline, normalize_impression
+
+
+def test_normalize_impression_merges_surface_variants() -> None:
+    variants = ["No acute disease.", "1. No acute disease. .", "no  acute disease", "No acute disease.."]
+    assert {normalize_impression(v) for v in variants} == {"no acute disease"}
+    assert normalize_impression("2) Stable cardiomegaly.") == "stable cardiomegaly"
+    assert normalize_impression("Nodule 1.5 cm.") == "nodule 1.5 cm"
+
+
+def test_majority_counts_normalised_forms_returns_commonest_surface() -> None:
+    train = [
+        "Stable cardiomegaly.",
+        "Stable cardiomegaly.",
+        "Stable cardiomegaly.",
+        "No acute disease.",
+        "1. No acute disease.",
+        "No acute disease. .",
+        "No acute disease.",
+    ]
+    # 4 normalised "no acute disease" beat 3 "stable cardiomegaly"; most common surface form wins
+    assert majority_baseline(train) == "No acute disease."
+
+
+def test_majority_tie_goes_to_first_seen_and_errors() -> None:
+    assert majority_baseline(["B.", "A.", "A.", "B."]) == "B."
+    with pytest.raises(ValueError, match="no training impressions"):
+        majority_baseline([])
+    with pytest.raises(ValueError, match="train impression #1 is empty"):
+        majority_baseline(["A.", " "])
+    with pytest.raises(TypeError, match="single string"):
+        majority_baseline("No acute disease.")  # type: ignore[arg-type]
+
+
+FINDINGS = [
+    "The heart is enlarged. There is a small left pleural effusion.",
+    "Lungs are clear. No pneumothorax or effusion. Heart size normal.",
+    "Right lower lobe airspace consolidation concerning for pneumonia.",
+    "Pacemaker leads terminate in the right ventricle. Lungs clear.",
+]
+IMPRESSIONS = [
+    "Cardiomegaly with small left effusion.",
+    "No acute cardiopulmonary abnormality.",
+    "Right lower lobe pneumonia.",
+    "Pacemaker in place, no acute disease.",
+]
+
+
+def test_retrieval_returns_impression_of_nearest_findings() -> None:
+    rb = RetrievalBaseline().fit(FINDINGS, IMPRESSIONS)
+    queries = [
+        "Consolidation in the right lower lobe, likely pneumonia.",
+        "No effusion or pneumothorax. The lungs are clear.",
+        "Enlarged heart and small left pleural effusion.",
+    ]
+    assert rb.predict(queries) == [IMPRESSIONS[2], IMPRESSIONS[1], IMPRESSIONS[0]]
+    idx, sims = rb.neighbours(FINDINGS)
+    np.testing.assert_array_equal(idx, np.arange(len(FINDINGS)))
+    np.testing.assert_allclose(sims, 1.0)
+    assert rb.predict([]) == []
+
+
+def test_retrieval_uses_bigrams_and_sublinear_tf() -> None:
+    rb = RetrievalBaseline()
+    assert rb.vectorizer.ngram_range == (1, 2)
+    assert rb.vectorizer.sublinear_tf and rb.vectorizer.lowercase
+    rb.fit(["effusion no change", "no effusion seen"], ["B", "A"])
+    # With unigrams alone the query ties with both and the first ("B") would win;
+    # the bigram "no effusion" makes the second one nearer.
+    assert rb.predict(["No effusion"]) == ["A"]
+    unigram = RetrievalBaseline(ngram_range=(1, 1)).fit(["effusion no change", "no effusion seen"], ["B", "A"])
+    assert unigram.predict(["No effusion"]) == ["B"]
+
+
+def test_retrieval_errors() -> None:
+    with pytest.raises(RuntimeError, match="fit"):
+        RetrievalBaseline().predict(["x"])
+    with pytest.raises(ValueError, match="2 training findings but 1 impressions"):
+        RetrievalBaseline().fit(["a b", "c d"], ["x"])
+    with pytest.raises(ValueError, match="training findings #1 is empty"):
+        RetrievalBaseline().fit(["a b", ""], ["x", "y"])
+    rb = RetrievalBaseline().fit(FINDINGS, IMPRESSIONS)
+    with pytest.raises(TypeError, match="query findings #0"):
+        rb.predict([None])  # type: ignore[list-item]

