@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from radimpress_lib.paths import PROJECT_ROOT
 
@@ -70,12 +70,82 @@ class ExploreConfig(_Stage):
     explore_figure_format: Literal["png", "svg", "pdf"] = "png"
 
 
+class SFTStageConfig(_Stage):
+    """Notebook SFT stage parameters (flat ``sft_*`` names: they are papermill parameters)."""
+
+    sft_method: Literal["lora", "qlora", "full"] = Field("lora", description="lora | qlora (CUDA only) | full")
+    sft_lora_r: int = Field(16, gt=0, description="LoRA rank")
+    sft_lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r)")
+    sft_lora_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="dropout on the LoRA input; 0 by default: on CPU its random masks cost ~18% of a step",
+    )
+    sft_lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="'all-linear' or module names, e.g. [q_proj, k_proj, v_proj, o_proj]"
+    )
+    sft_learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    sft_lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("cosine")
+    sft_epochs: float = Field(1.0, gt=0, description="epochs over the train split (ignored when sft_max_steps > 0)")
+    sft_max_steps: int = Field(-1, description="optimizer steps; -1: run sft_epochs")
+    sft_per_device_batch: int = Field(8, gt=0, description="sequences per micro-batch")
+    sft_grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    sft_max_seq_len: int = Field(512, gt=16, description="longest example; longer findings are truncated")
+    sft_warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="share of steps with linear warmup")
+    sft_weight_decay: float = Field(0.0, ge=0.0)
+    sft_max_grad_norm: float = Field(1.0, gt=0)
+    sft_logging_steps: int = Field(10, gt=0, description="optimizer steps between progress lines")
+    sft_save_steps: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
+    sft_save_total_limit: int = Field(2, gt=0, description="checkpoints kept on disk")
+    sft_eval_steps: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
+    sft_padding_free: bool = Field(False, description="flatten each batch into one padding-free row (best on GPU)")
+    sft_group_by_length: bool = Field(True, description="length-grouped padded batches (best on CPU)")
+    sft_gradient_checkpointing: bool | None = Field(None, description="None: on for CUDA, off for CPU")
+    sft_num_threads: int | None = Field(None, gt=0, description="torch threads; None: physical cores")
+    sft_use_unsloth: bool = Field(False, description="unsloth FastLanguageModel (CUDA only)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SFTStageConfig":
+        if self.sft_max_steps == 0 or self.sft_max_steps < -1:
+            raise ValueError(f"sft_max_steps must be -1 (use sft_epochs) or positive, got {self.sft_max_steps}")
+        if self.sft_padding_free and self.sft_group_by_length:
+            raise ValueError("choose one of sft_padding_free and sft_group_by_length (padding-free has no padding)")
+        if isinstance(self.sft_lora_targets, list) and not self.sft_lora_targets:
+            raise ValueError("sft_lora_targets is empty; use 'all-linear' or a list of module names")
+        return self
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the settings that change what a run computes (resume must match)."""
+        ignore = {"sft_logging_steps", "sft_save_steps", "sft_save_total_limit", "sft_num_threads", "sft_eval_steps"}
+        blob = {k: v for k, v in self.model_dump().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class GenerationStageConfig(_Stage):
+    """Generation parameters (flat ``gen_*`` names: they are papermill parameters)."""
+
+    gen_batch_size: int = Field(16, gt=0, description="prompts decoded together")
+    gen_max_new_tokens: int = Field(128, gt=0, description="longest impression in tokens")
+    gen_num_beams: int = Field(1, gt=0, description="1: greedy; >1: beam search")
+    gen_log_every: int = Field(1, gt=0, description="batches between progress lines")
+
+
+class EvalStageConfig(_Stage):
+    """Notebook 05: which systems are scored and how."""
+
+    eval_n_boot: int = Field(1000, gt=0, description="paired-bootstrap resamples for CIs and p-values")
+    eval_zero_shot: bool = Field(True, description="also decode the test split with the base instruct model")
+    eval_worst_k: int = Field(10, gt=0, description="worst examples (by ROUGE-L) shown for the SFT model")
+
+
 #: Every stage config, in notebook order. Later stages append theirs here.
 STAGES: dict[str, type[_Stage]] = {
     "run": RunConfig,
     "data": DataConfig,
     "model": ModelConfig,
     "explore": ExploreConfig,
+    "sft": SFTStageConfig,
+    "gen": GenerationStageConfig,
+    "eval": EvalStageConfig,
 }
 
 
@@ -88,6 +158,9 @@ class Params(BaseModel):
     data: DataConfig
     model: ModelConfig
     explore: ExploreConfig
+    sft: SFTStageConfig
+    gen: GenerationStageConfig
+    eval: EvalStageConfig
 
     def flat(self) -> dict[str, Any]:
         """The flat parameter dict, as in the YAML file."""

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 
-from radimpress_lib.config import _Stage
+from radimpress_lib.config import GenerationStageConfig
 from radimpress_lib.prompting import build_prompt, end_of_turn_token_ids
 
 __all__ = [
@@ -49,15 +48,6 @@ logger = logging.getLogger("radimpress.generation")
 LogFn = Callable[[str], None]
 
 PREDICTION_FIELDS = ("report_id", "prediction", "reference", "model", "params_hash")
-
-
-class GenerationStageConfig(_Stage):
-    """Generation parameters (flat ``gen_*`` names: they are papermill parameters)."""
-
-    gen_batch_size: int = Field(16, gt=0, description="prompts decoded together")
-    gen_max_new_tokens: int = Field(128, gt=0, description="longest impression in tokens")
-    gen_num_beams: int = Field(1, gt=0, description="1: greedy; >1: beam search")
-    gen_log_every: int = Field(1, gt=0, description="batches between progress lines")
 
 
 def params_hash(gen_config: GenerationStageConfig | Mapping[str, Any], model_config: Mapping[str, Any]) -> str:

@@ -110,3 +110,54 @@ def load_data(params: Params):
     lines.append(f"final split sizes: {info['split_sizes']}")
     info = info | {"files": rows, "totals": totals, "data_files": data.data_files_read(info), "summary": "\n".join(lines)}
     return dsd, info
+
+
+def load_base_model(params: Params, *, padding_side: str = "left"):
+    """The run's base model and tokenizer (see :func:`radimpress_lib.models.load_model_and_tokenizer`)."""
+    from radimpress_lib import models
+
+    m = params.model
+    return models.load_model_and_tokenizer(m.model_name, model_path=m.model_path, dtype=m.model_dtype,
+                                           cache_dir=m.model_cache_dir, padding_side=padding_side,
+                                           seed=params.run.run_seed)
+
+
+def sft_dir(params: Params) -> Path:
+    """Where notebook 02 writes its checkpoints, adapter and result (not committed)."""
+    return params.output_dir / "sft"
+
+
+def load_finetuned(params: Params, *, padding_side: str = "left"):
+    """The SFT model of notebook 02 (LoRA merged into the base, or the full fine-tuned model)."""
+    from radimpress_lib import sft
+
+    folder = sft_dir(params) / ("model" if params.sft.sft_method == "full" else "adapter")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no fine-tuned model for run {params.run.run_name!r}; run notebook 02 first "
+                                f"(make reproduce MODEL={params.run.run_name} NOTEBOOKS=02)")
+    if params.sft.sft_method == "full":
+        from radimpress_lib import models
+
+        m = params.model
+        return models.load_model_and_tokenizer(m.model_name, model_path=str(folder), dtype=m.model_dtype,
+                                               cache_dir=m.model_cache_dir, padding_side=padding_side,
+                                               seed=params.run.run_seed)
+    model, tokenizer, info = load_base_model(params, padding_side=padding_side)
+    model = sft.apply_adapter(model, folder, merge=True)
+    return model, tokenizer, info | {"adapter": str(folder.relative_to(params.output_dir))}
+
+
+def plot_loss_curve(loss_history: list[dict], eval_history: list[dict] | None = None):
+    """Training loss (and eval loss points) against optimizer step."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot([h["step"] for h in loss_history], [h["loss"] for h in loss_history], marker=".", label="train loss")
+    if eval_history:
+        ax.plot([h["step"] for h in eval_history], [h["eval_loss"] for h in eval_history], "o", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("completion-only cross-entropy")
+    ax.set_title("SFT loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
