@@ -137,6 +137,10 @@ def generate_impressions(
     rows = list(records)
     if styles is not None and len(styles) != len(rows):
         raise ValueError(f"styles has {len(styles)} entries for {len(rows)} records")
+    report_ids = [str(r.get("report_id", i)) for i, r in enumerate(rows)]
+    if len(set(report_ids)) != len(report_ids):
+        dupes = sorted({x for x in report_ids if report_ids.count(x) > 1})
+        raise ValueError(f"duplicate report_id values {dupes[:5]}: predictions are keyed by report_id")
     device = next(model.parameters()).device
     if device.type == "cpu":
         low = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
@@ -193,7 +197,7 @@ def generate_impressions(
                     not_stopped += stop is None
                     record = rows[i]
                     results[i] = {
-                        "report_id": str(record.get("report_id", i)),
+                        "report_id": report_ids[i],
                         "prediction": text,
                         "reference": record.get("impression"),
                         "model": model_name,

