@@ -64,7 +64,8 @@ def load_records(data_dir: str | None, n: int) -> tuple[list[dict[str, Any]], st
     return records, path.name
 
 
-def quick_sft_adapter(data_dir: str | None, n: int, out_dir: Path, seed: int) -> tuple[str, dict[str, Any]]:
+def quick_sft_adapter(data_dir: str | None, n: int, out_dir: Path, seed: int,
+                      threads: int | None) -> tuple[str, dict[str, Any]]:
     """LoRA-tune SmolLM2 on the first ``n`` train reports for one epoch; returns the adapter folder."""
     path = resolve_data_dir(data_dir) / "opi-benchmark" / "train.jsonl"
     records = []
@@ -77,7 +78,7 @@ def quick_sft_adapter(data_dir: str | None, n: int, out_dir: Path, seed: int) ->
                             "source": f"{path.name}:{line_no}"})
     model, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")
     cfg = sft.SFTStageConfig(sft_epochs=1, sft_per_device_batch=8, sft_learning_rate=5e-4, sft_logging_steps=8,
-                             sft_save_steps=10_000)
+                             sft_save_steps=10_000, sft_num_threads=threads)
     res = sft.train_sft(model, tok, datasets.Dataset.from_list(records), None, cfg, out_dir, seed=seed,
                         log=lambda s: print("   ", s, flush=True))
     return res.final_dir, {"train_examples": n, "steps": res.global_step, "final_loss": res.final_train_loss,
@@ -92,6 +93,7 @@ def bench_variant(name: str, model: Any, tok: Any, records: list[dict[str, Any]]
     def run(batch: int) -> list[str]:
         cfg = GenerationStageConfig(gen_batch_size=batch, gen_max_new_tokens=args.max_new_tokens,
                                     gen_log_every=max(1, 8 // batch))
+        sft.configure_torch_threads(args.threads)
         load, calib = os.getloadavg()[0], calibrate()
         print(f"[{name}] batch {batch} (calibration {calib:.0f} GFLOP/s, load {load:.2f})", flush=True)
         res = generate_impressions(model, tok, records, cfg, model_name="smollm2-135m", model_config=model_cfg,
@@ -130,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-examples", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "generation.json"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: physical cores); 1 gives stable figures on a busy shared CPU")
     args = ap.parse_args(argv)
 
-    threads = sft.configure_torch_threads()
+    if args.threads:  # radimpress_lib.models resets torch threads from OMP_NUM_THREADS when loading
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    threads = sft.configure_torch_threads(args.threads)
     records, data_file = load_records(args.data_dir, args.n)
     report: dict[str, Any] = {
         "benchmark": "generation",
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             model_cfg: dict[str, Any] = {"model_name": "smollm2-135m", "variant": variant}
             if variant == "quick-sft":
                 print(f"[quick-sft] LoRA fine-tuning on {args.sft_examples} train reports", flush=True)
-                adapter, sft_info = quick_sft_adapter(args.data_dir, args.sft_examples, work / "sft", args.seed)
+                adapter, sft_info = quick_sft_adapter(args.data_dir, args.sft_examples, work / "sft", args.seed,
+                                                      args.threads)
                 model = sft.apply_adapter(model, adapter, merge=True)
                 model_cfg["sft"] = sft_info
             bench_variant(variant, model, tok, records, args, model_cfg, report, out)

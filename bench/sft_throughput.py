@@ -112,13 +112,14 @@ def load_examples(data_dir: str | None, n: int, tokenizer: Any, max_len: int):
     return ds.select_columns(["input_ids", "labels"]), stats, str(path)
 
 
-def run_fast(layout: str, targets: Any, ds, steps: int, batch: int, seed: int, out: Path) -> dict[str, Any]:
+def run_fast(layout: str, targets: Any, ds, steps: int, batch: int, seed: int, out: Path,
+             threads: int | None = None) -> dict[str, Any]:
     model, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")
     cfg = sft.SFTStageConfig(
         sft_method="lora", sft_lora_r=16, sft_lora_alpha=32, sft_lora_dropout=0.0, sft_lora_targets=targets,
         sft_learning_rate=2e-4, sft_max_steps=steps, sft_per_device_batch=batch, sft_logging_steps=1,
         sft_save_steps=10_000, sft_padding_free=layout == "padding_free",
-        sft_group_by_length=layout == "group_by_length",
+        sft_group_by_length=layout == "group_by_length", sft_num_threads=threads,
     )
     res = sft.train_sft(model, tok, ds, None, cfg, out, seed=seed, log=lambda s: print("   ", s, flush=True))
     return {
@@ -194,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setups", nargs="+", default=["fast-group_by_length", "fast-padding_free", "trl-default"])
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sft_throughput.json"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: physical cores); 1 gives stable figures on a busy shared CPU")
     args = ap.parse_args(argv)
 
-    threads = sft.configure_torch_threads()
+    if args.threads:  # radimpress_lib.models resets torch threads from OMP_NUM_THREADS when loading
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    threads = sft.configure_torch_threads(args.threads)
     _, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")
     ds, stats, data_file = load_examples(args.data_dir, args.n_examples, tok, max_len=512)
     report: dict[str, Any] = {
@@ -220,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             for targets in args.targets:
                 for setup in args.setups:
                     run_dir = work / f"{setup}-{targets}-{rep}"
+                    sft.configure_torch_threads(args.threads)
                     load = os.getloadavg()[0]
                     calib = calibrate()
                     print(f"[rep {rep}] {setup} targets={targets} (calibration {calib:.0f} GFLOP/s, "
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                         fig = run_trl_default(TARGETS[targets], ds, args.steps, args.batch, args.seed, run_dir)
                     else:
                         fig = run_fast(setup.split("-", 1)[1], TARGETS[targets], ds, args.steps, args.batch,
-                                       args.seed, run_dir)
+                                       args.seed, run_dir, args.threads)
                     fig.update(setup=setup, targets=targets, repeat=rep, calib_gflops_before=calib,
                                loadavg_1m_before=load, calib_gflops_after=calibrate())
                     print(f"    -> {fig['tokens_per_s']:.1f} useful tok/s ({fig['useful_tokens']} tokens in "
