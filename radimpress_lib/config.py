@@ -102,6 +102,11 @@ class SFTStageConfig(_Stage):
     sft_gradient_checkpointing: bool | None = Field(None, description="None: on for CUDA, off for CPU")
     sft_num_threads: int | None = Field(None, gt=0, description="torch threads; None: physical cores")
     sft_use_unsloth: bool = Field(False, description="unsloth FastLanguageModel (CUDA only)")
+    sft_retrieval_k: int = Field(
+        0, ge=0, le=10,
+        description="retrieval-augmented prompts: impressions of the k most similar training reports after the "
+        "findings (training: leave-one-out; generation: the same k); 0: none",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SFTStageConfig":
@@ -127,6 +132,10 @@ class GenerationStageConfig(_Stage):
     gen_max_new_tokens: int = Field(128, gt=0, description="longest impression in tokens")
     gen_num_beams: int = Field(1, gt=0, description="1: greedy; >1: beam search")
     gen_log_every: int = Field(1, gt=0, description="batches between progress lines")
+    gen_prefix_cache: bool = Field(
+        True, description="prefill the prompts' common token prefix (system prompt, template) once and reuse its "
+        "KV cache in every batch (greedy only; same outputs)",
+    )
 
 
 class EvalStageConfig(_Stage):
@@ -135,6 +144,191 @@ class EvalStageConfig(_Stage):
     eval_n_boot: int = Field(1000, gt=0, description="paired-bootstrap resamples for CIs and p-values")
     eval_zero_shot: bool = Field(True, description="also decode the test split with the base instruct model")
     eval_worst_k: int = Field(10, gt=0, description="worst examples (by ROUGE-L) shown for the SFT model")
+
+
+class DraftStageConfig(_Stage):
+    """``radimpress draft`` (drafting CLI): input limits and batching."""
+
+    draft_max_chars: int = Field(4000, gt=0, description="longest accepted input field (findings, indication, ...)")
+    draft_max_reports: int = Field(100_000, gt=0, description="most reports one CLI run accepts")
+    draft_batch_size: int = Field(16, gt=0, description="reports read, drafted and written per batch")
+
+
+class PatientStageConfig(_Stage):
+    """Notebook 07: plain-language rewrite of impressions for patients."""
+
+    patient_split: Literal["validate", "test"] = Field("test", description="split whose impressions are rewritten")
+    patient_n_reports: int = Field(40, gt=0, description="seeded sample of impressions rewritten")
+    patient_use_llm: bool = Field(True, description="rewrite with the instruct model (glossary as hints); else glossary only")
+    patient_max_new_tokens: int = Field(96, gt=0, description="longest LLM rewrite in tokens")
+    patient_target_grade: float = Field(8.0, gt=0, description="Flesch-Kincaid grade a rewrite must not exceed")
+    patient_fallback: bool = Field(
+        True, description="use the glossary rewrite when the LLM one loses/flips a finding or misses the grade"
+    )
+    patient_min_content_recall: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="share of the glossary rewrite's content words the LLM rewrite must keep (else fallback)",
+    )
+
+
+class DiseaseStageConfig(_Stage):
+    """Notebook 08: a disease-area slice (keywords + MeSH/Problems terms), evaluation on it, a disease adapter."""
+
+    disease_area: str = Field("oncology", pattern=r"^[a-z0-9_-]+$", description="name of the area (output folder)")
+    disease_keywords: list[str] = Field(
+        default_factory=lambda: [r"nodul\w*", r"mass(?:es)?", r"lesions?", r"neoplas\w*", r"metasta\w*", r"granulom\w*"],
+        description="regular expressions matched case-insensitively as whole words in disease_fields",
+    )
+    disease_mesh_terms: list[str] = Field(
+        default_factory=lambda: ["Nodule", "Mass", "Lesion", "Granuloma", "Calcified Granuloma", "Granulomatous Disease",
+                                 "Lung Neoplasms", "Neoplasm Metastasis"],
+        description="MeSH / Problems main headings (before '/'), matched case-insensitively",
+    )
+    disease_fields: list[Literal["findings", "impression", "indication"]] = Field(
+        default_factory=lambda: ["findings", "impression"], description="report fields the keywords are searched in"
+    )
+    disease_init: Literal["general", "base"] = Field(
+        "general", description="disease adapter trained on top of the general SFT model (merged) or the base model"
+    )
+    disease_sft_max_steps: int = Field(60, gt=0, description="optimizer steps of the disease adapter (other sft_* shared)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DiseaseStageConfig":
+        import re
+
+        if not self.disease_keywords and not self.disease_mesh_terms:
+            raise ValueError("give disease_keywords or disease_mesh_terms (or both)")
+        for kw in self.disease_keywords:
+            try:
+                re.compile(kw)
+            except re.error as exc:
+                raise ValueError(f"disease_keywords: {kw!r} is not a regular expression ({exc})") from None
+        if not self.disease_fields:
+            raise ValueError("disease_fields is empty")
+        return self
+
+
+class StyleStageConfig(_Stage):
+    """Radiologist style groups, style classifier and style slot of the prompt (notebooks 01, 03-05)."""
+
+    style_k_min: int = Field(3, ge=2, description="fewest pseudo-radiologist groups tried (k-means)")
+    style_k_max: int = Field(8, ge=2, description="most groups tried; K = argmax mean silhouette (ties: smaller K)")
+    style_silhouette_sample: int = Field(2000, gt=10, description="train impressions the silhouette is computed on")
+    style_unseen_group: str | None = Field(
+        "auto", description="group held out of the fine stage for the few-shot case: 'auto', a group id, or null"
+    )
+    style_fewshot_k: int = Field(3, gt=0, description="example impressions in the few-shot style slot (train/validate)")
+    style_classifier_c: float = Field(4.0, gt=0, description="inverse L2 strength of the style classifier")
+    style_examples_per_group: int = Field(4, gt=0, description="example impressions shown per group in notebook 01")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StyleStageConfig":
+        if self.style_k_min > self.style_k_max:
+            raise ValueError(f"style_k_min={self.style_k_min} > style_k_max={self.style_k_max}")
+        return self
+
+
+class RewardStageConfig(_Stage):
+    """Notebook 03: reward model (TRL RewardTrainer, LoRA + trained score head) on style and factual pairs."""
+
+    rm_train_pairs: int = Field(160, gt=0, description="train-split pairs (half style, half factual)")
+    rm_eval_pairs: int = Field(64, gt=0, description="held-out validation-split pairs (half style, half factual)")
+    rm_max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
+    rm_lora_r: int = Field(8, gt=0, description="LoRA rank")
+    rm_lora_alpha: int = Field(16, gt=0, description="LoRA alpha")
+    rm_lora_last_layers: int | None = Field(
+        4, gt=0, description="LoRA only on the last N decoder layers (backward stops there; CPU speed); null: all"
+    )
+    rm_learning_rate: float = Field(1e-3, gt=0)
+    rm_epochs: float = Field(1.0, gt=0, description="epochs over the train pairs (ignored when rm_max_steps > 0)")
+    rm_max_steps: int = Field(-1, description="optimizer steps; -1: rm_epochs")
+    rm_per_device_batch: int = Field(8, gt=0, description="pairs per optimizer step")
+    rm_center_rewards: float | None = Field(0.01, description="TRL center_rewards_coefficient (null: off)")
+    rm_logging_steps: int = Field(2, gt=0)
+
+
+class DPOStageConfig(_Stage):
+    """Notebook 04, first half: DPO (LoRA on top of the SFT model, which is the reference)."""
+
+    dpo_train_pairs: int = Field(96, gt=0, description="train-split preference pairs (half style, half factual)")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO beta (strength of the pull to the SFT reference)")
+    dpo_learning_rate: float = Field(5e-4, gt=0)
+    dpo_max_steps: int = Field(-1, description="optimizer steps; -1: one epoch over the pairs")
+    dpo_per_device_batch: int = Field(8, gt=0)
+    dpo_max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
+    dpo_lora_r: int = Field(8, gt=0)
+    dpo_lora_alpha: int = Field(16, gt=0)
+    dpo_lora_last_layers: int | None = Field(8, gt=0, description="LoRA on the last N decoder layers; null: all")
+    dpo_logging_steps: int = Field(1, gt=0)
+
+
+class RLStageConfig(_Stage):
+    """Notebook 04, second half: GRPO (TRL) with reward model + rule factual reward - length penalty, KL to SFT."""
+
+    rl_algorithm: Literal["grpo", "rloo"] = Field("grpo", description="TRL online RL trainer")
+    rl_prompts: int = Field(12, gt=0, description="train-split prompts (seen radiologists, their style prefix)")
+    rl_max_steps: int = Field(6, gt=0, description="optimizer steps")
+    rl_num_generations: int = Field(4, ge=2, description="completions per prompt (group size)")
+    rl_prompts_per_step: int = Field(2, gt=0, description="prompts per optimizer step")
+    rl_max_new_tokens: int = Field(32, gt=0, description="longest sampled impression in tokens")
+    rl_max_prompt_tokens: int = Field(320, gt=16, description="longer findings are truncated for RL prompts")
+    rl_temperature: float = Field(1.0, gt=0)
+    rl_beta: float = Field(0.05, ge=0, description="KL coefficient to the SFT model")
+    rl_learning_rate: float = Field(2e-4, gt=0)
+    rl_w_reward_model: float = Field(1.0, ge=0, description="weight of the reward-model score")
+    rl_w_factual: float = Field(1.0, ge=0, description="weight of the labeler consistency with the findings")
+    rl_w_length: float = Field(0.5, ge=0, description="weight of the length penalty |log(len / reference len)|")
+    rl_guard_length_ratio: list[float] = Field([0.5, 2.0], description="allowed generated/reference length ratio")
+    rl_guard_min_distinct: float = Field(0.3, ge=0, le=1, description="least share of distinct impressions")
+    rl_eval_reports: int = Field(24, gt=0, description="validation reports decoded for the guards after training")
+    rl_logging_steps: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RLStageConfig":
+        low_high = self.rl_guard_length_ratio
+        if len(low_high) != 2 or not 0 < low_high[0] < low_high[1]:
+            raise ValueError(f"rl_guard_length_ratio must be [low, high] with 0 < low < high, got {low_high}")
+        if self.rl_max_steps == 0 or self.rl_max_steps < -1:
+            raise ValueError(f"rl_max_steps must be positive, got {self.rl_max_steps}")
+        return self
+
+
+class ReviewStageConfig(_Stage):
+    """Notebook 06: physician review (blinded candidates, feedback store, analysis, pairs for DPO)."""
+
+    review_mode: Literal["headless", "interactive"] = Field(
+        "headless", description="headless: replay scripted judgements through the widgets (papermill); "
+        "interactive: show the widget to a physician")
+    review_db: str = Field("review/feedback.sqlite", description="SQLite feedback store, relative to the output folder")
+    review_eval_items: int = Field(20, ge=0, description="test reports reviewed for evaluation (never trained on)")
+    review_feedback_items: int = Field(
+        12, ge=0, description="train reports decoded by the SFT model and reviewed for feedback pairs; 0: none")
+    review_systems: list[str] | None = Field(
+        None, description="prediction files (outputs/<model>/predictions/<name>.jsonl) shown; null: all found")
+    review_include_reference: bool = Field(
+        True, description="show the reference impression as a blinded candidate on evaluation items (feedback items "
+        "show drafts only)")
+    review_script: str | None = Field(
+        None, description="headless: JSONL of scripted judgements (project-relative); null: simulated reviewers")
+    review_reviewers: list[str] = Field(
+        ["simulated-1", "simulated-2"], description="headless without a script: simulated reviewer ids "
+        "(must start with 'simulated'; rule-based policy, never physician data)")
+    review_sim_noise: float = Field(0.25, ge=0, le=1, description="chance a simulated rating moves one step")
+    review_sim_edit_rate: float = Field(0.5, ge=0, le=1, description="chance a simulated reviewer 'edits' a weak "
+                                        "preferred candidate into the reference")
+    review_pairs_to_dpo: bool = Field(False, description="add the review's preference pairs to the next DPO run (04)")
+    review_pairs_include_simulated: bool = Field(
+        False, description="let simulated reviewers' pairs reach DPO (tests/CI only)")
+    review_pairs_min_rating_gap: int = Field(2, ge=1, description="rating pairs need a Likert gap of at least this")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ReviewStageConfig":
+        if self.review_mode == "headless" and self.review_script is None:
+            bad = [r for r in self.review_reviewers if not r.strip().lower().startswith("simulated")]
+            if bad or not self.review_reviewers:
+                raise ValueError(f"headless review without review_script needs simulated reviewer ids "
+                                 f"(starting with 'simulated'), got {self.review_reviewers}")
+        return self
 
 
 #: Every stage config, in notebook order. Later stages append theirs here.
@@ -146,6 +340,14 @@ STAGES: dict[str, type[_Stage]] = {
     "sft": SFTStageConfig,
     "gen": GenerationStageConfig,
     "eval": EvalStageConfig,
+    "style": StyleStageConfig,
+    "rm": RewardStageConfig,
+    "dpo": DPOStageConfig,
+    "rl": RLStageConfig,
+    "draft": DraftStageConfig,
+    "patient": PatientStageConfig,
+    "disease": DiseaseStageConfig,
+    "review": ReviewStageConfig,
 }
 
 
@@ -161,6 +363,14 @@ class Params(BaseModel):
     sft: SFTStageConfig
     gen: GenerationStageConfig
     eval: EvalStageConfig
+    style: StyleStageConfig
+    rm: RewardStageConfig
+    dpo: DPOStageConfig
+    rl: RLStageConfig
+    draft: DraftStageConfig
+    patient: PatientStageConfig
+    disease: DiseaseStageConfig
+    review: ReviewStageConfig
 
     def flat(self) -> dict[str, Any]:
         """The flat parameter dict, as in the YAML file."""

@@ -38,6 +38,14 @@ Metrics (all on a 0-100 scale except the embedding similarity, a cosine in
   label positive or uncertain (a hallucination proxy), and
   ``novel_bigram_rate`` = share of the prediction's word bigrams absent from
   the findings (abstractiveness).
+* Entity graph (:mod:`radimpress_lib.graph`, RadGraph-style, rule based):
+  ``graph_entity_f1`` / ``graph_f1`` = mean per-example F1 (0-100) of the entity keys /
+  of entities plus relations of the prediction's graph against the reference's
+  (RadGraph-F1 style; two empty graphs score 100). With ``findings``, per-impression
+  shares (0-100) from :func:`radimpress_lib.graph.compare_to_findings` against the
+  FINDINGS graph: ``hallucinated_finding_rate`` (asserts a present finding the findings
+  do not mention), ``negation_flip_rate`` (states the opposite status) and
+  ``omitted_finding_rate`` (drops a significant present finding).
 
 Confidence intervals and tests use the paired bootstrap (Koehn 2004;
 Efron & Tibshirani 1993): resample example indices with replacement
@@ -64,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from radimpress_lib import graph as G
 from radimpress_lib.labeler import (
     ABSENT,
     OBSERVATIONS,
@@ -331,6 +340,9 @@ class PerExample:
     unsupported: np.ndarray | None = None  # (n, 2): unsupported positives, predicted positives
     novel_bigrams: np.ndarray | None = None  # (n, 2): novel bigrams, predicted bigrams
     n_empty_predictions: int = 0
+    graph_entity_f1: np.ndarray | None = None  # (n,): entity-graph F1 vs reference, 0-100
+    graph_f1: np.ndarray | None = None  # (n,): entity + relation F1 vs reference, 0-100
+    graph_flags: np.ndarray | None = None  # (n, 3): hallucinated, negation flip, omitted (0/1) vs findings
 
     _ARRAYS = (
         "rouge1",
@@ -347,6 +359,9 @@ class PerExample:
         "ref_tokens",
         "unsupported",
         "novel_bigrams",
+        "graph_entity_f1",
+        "graph_f1",
+        "graph_flags",
     )
 
     def to_json(self) -> dict[str, Any]:
@@ -416,6 +431,7 @@ def compute_per_example(
             bg = _bigrams(p)
             novel[i] = (sum(b not in source for b in bg), len(bg))
 
+    graph_entity, graph_full, graph_flags = _graph_statistics(preds, refs, findings)
     digest = hashlib.sha256("\x1e".join(refs).encode("utf-8")).hexdigest()
     return PerExample(
         n=n,
@@ -438,7 +454,27 @@ def compute_per_example(
         unsupported=unsupported,
         novel_bigrams=novel,
         n_empty_predictions=sum(not p.strip() for p in preds),
+        graph_entity_f1=graph_entity,
+        graph_f1=graph_full,
+        graph_flags=graph_flags,
     )
+
+
+def _graph_statistics(
+    preds: Sequence[str], refs: Sequence[str], findings: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-example graph F1s (0-100) and, with findings, (n, 3) hallucination/flip/omission flags."""
+    n = len(refs)
+    entity, full = np.empty(n), np.empty(n)
+    flags = None if findings is None else np.zeros((n, 3), dtype=np.int64)
+    for i, (p, r) in enumerate(zip(preds, refs)):
+        pg = G.extract_graph_cached(p)
+        s = G.graph_scores(pg, G.extract_graph_cached(r))
+        entity[i], full[i] = 100.0 * s["entity_f1"], 100.0 * s["graph_f1"]
+        if flags is not None:
+            c = G.compare_to_findings(pg, G.extract_graph_cached(findings[i]))
+            flags[i] = (bool(c["hallucinated"]), bool(c["negation_flips"]), bool(c["omitted"]))
+    return entity, full, flags
 
 
 # ---------------------------------------------------------------------------
@@ -502,6 +538,14 @@ def _corpus_metrics(per: PerExample, weights: np.ndarray, only: set[str] | None 
     if per.novel_bigrams is not None and want("novel_bigram_rate"):
         nb = w @ per.novel_bigrams
         out["novel_bigram_rate"] = _ratio(nb[:, 0], nb[:, 1], 100.0)
+    for k in ("graph_entity_f1", "graph_f1"):
+        if getattr(per, k, None) is not None and want(k):
+            out[k] = w @ getattr(per, k) / total
+    names = ("hallucinated_finding_rate", "negation_flip_rate", "omitted_finding_rate")
+    if getattr(per, "graph_flags", None) is not None and want(*names):
+        flags = w @ per.graph_flags
+        for j, k in enumerate(names):
+            out[k] = 100.0 * flags[:, j] / total
     if only is not None:
         out = {k: v for k, v in out.items() if k in only}
     return out

@@ -112,6 +112,42 @@ def load_data(params: Params):
     return dsd, info
 
 
+def with_retrieval_context(params: Params, records, pool):
+    """``records`` as dicts, each with the impressions of its ``sft_retrieval_k`` nearest ``pool`` reports.
+
+    The prompt context of retrieval-augmented SFT (see
+    :func:`radimpress_lib.baselines.with_similar_impressions`); unchanged when ``sft_retrieval_k`` is 0.
+    ``pool`` is the training split when building training/validation examples and train+validate for
+    the test split; it never holds test reports.
+    """
+    from radimpress_lib.baselines import with_similar_impressions
+
+    pool = list(pool)
+    _check_pool(pool)
+    return with_similar_impressions(records, pool, params.sft.sft_retrieval_k)
+
+
+def _check_pool(pool) -> None:
+    if any(r.get("split") == "test" for r in pool):
+        raise ValueError("the retrieval pool holds test-split reports; use train (+validate) only")
+
+
+def retrieval_context_for_run(params: Params):
+    """The run's retrieval context (train + validate pool) for new reports, or None when ``sft_retrieval_k`` is 0.
+
+    Used where the SFT model drafts reports outside the notebooks (``radimpress draft``): it needs
+    the same prompt context as in training, so the run's data folder must be available.
+    """
+    if not params.sft.sft_retrieval_k:
+        return None
+    from radimpress_lib.baselines import RetrievalContext
+
+    dsd, _info = load_data(params)
+    pool = list(dsd["train"]) + list(dsd["validate"])
+    _check_pool(pool)
+    return RetrievalContext(pool, params.sft.sft_retrieval_k)
+
+
 def load_base_model(params: Params, *, padding_side: str = "left"):
     """The run's base model and tokenizer (see :func:`radimpress_lib.models.load_model_and_tokenizer`)."""
     from radimpress_lib import models

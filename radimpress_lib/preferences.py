@@ -5,6 +5,7 @@ data, physician judgements exported from the review store) writes the same JSONL
 
     {"report_id": "...",                      # the report the pair is about
      "record": {"findings": ..., "indication": ..., "comparison": ..., ...},  # prompt fields
+                                              # (+ similar_impressions: retrieval context)
      "style": null | "...",                   # style slot of the prompt (radiologist id / examples)
      "chosen": "...", "rejected": "...",      # two impressions, chosen preferred
      "pair_type": "style" | "factual:<corruption>" | "review:<edited|preferred|rating>",
@@ -43,7 +44,7 @@ __all__ = [
 PAIR_FIELDS = ("report_id", "record", "style", "chosen", "rejected", "pair_type", "source")
 
 #: Prompt fields copied from a canonical record into a pair (the rest is not needed to rebuild the prompt).
-_RECORD_FIELDS = ("findings", "indication", "comparison", "modality", "body_part")
+_RECORD_FIELDS = ("findings", "indication", "comparison", "modality", "body_part", "similar_impressions")
 
 #: Allowed pair-type families (the part before ':').
 PAIR_FAMILIES = ("style", "factual", "review")

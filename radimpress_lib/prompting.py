@@ -6,7 +6,8 @@ personalisation stage, so a model is always asked the same question:
 * **system**: the task instruction, plus an optional *style* paragraph (a radiologist id,
   a style prefix or k example impressions written by that radiologist);
 * **user**: the clinical data that are known (modality, body part, indication,
-  comparison) and the findings;
+  comparison) and the findings; optionally (retrieval-augmented prompts) the impressions
+  of the k most similar training reports, after the findings;
 * **assistant**: the impression (only in training examples).
 
 Prompts are rendered with the tokenizer's own chat template
@@ -52,6 +53,11 @@ SYSTEM_PROMPT = (
     "key findings. Reply with the impression only."
 )
 
+#: Heading of the retrieved impressions of similar reports (retrieval-augmented prompts), shown
+#: after the findings when a record carries ``similar_impressions`` (see
+#: :func:`radimpress_lib.baselines.with_similar_impressions`).
+SIMILAR_HEADING = "Impressions of similar reports:"
+
 #: Heading of the style paragraph appended to the system message when a style is given.
 STYLE_HEADING = "Write the impression in this style:"
 
@@ -96,6 +102,12 @@ def _user_message(record: Mapping[str, Any], findings: str | None = None) -> str
             lines.append(f"{label}: {value}")
     body = _text(record, "findings") if findings is None else findings
     lines.append(f"Findings: {body}")
+    similar = record.get("similar_impressions")
+    if similar:
+        if isinstance(similar, str) or not all(isinstance(s, str) for s in similar):
+            raise PromptError(f"{_report_id(record)}: field 'similar_impressions' must be a list of strings")
+        lines.append(SIMILAR_HEADING)
+        lines.extend(f"- {' '.join(s.split())}" for s in similar)
     return "\n".join(lines)
 
 

@@ -611,7 +611,10 @@ def train_sft(
 
     meter = _TokenMeter()
     trainer_cls = _make_trainer_class()
-    sparse = not on_cuda and not cfg.sft_use_unsloth and _sparse_head_supported(model)
+    # The sparse LM-head loss runs the unwrapped model, which bypasses DDP's gradient all-reduce: single process only
+    # (tests/test_distributed.py: with it, 2 gloo processes drift from the 1-process run after the first update).
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    sparse = not on_cuda and not cfg.sft_use_unsloth and not distributed and _sparse_head_supported(model)
     with _no_progress_bars():
         trainer = trainer_cls(
             model=model,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radimpress_lib.baselines import RetrievalBaseline, majority_baseline, normalize_impression
+from radimpress_lib.baselines import (
+    RetrievalBaseline,
+    majority_baseline,
+    normalize_impression,
+    with_similar_impressions,
+)
 
 
 def test_normalize_impression_merges_surface_variants() -> None:
@@ -89,3 +94,27 @@ def test_retrieval_errors() -> None:
     rb = RetrievalBaseline().fit(FINDINGS, IMPRESSIONS)
     with pytest.raises(TypeError, match="query findings #0"):
         rb.predict([None])  # type: ignore[list-item]
+
+
+def test_similar_impressions_are_distinct_ranked_and_never_the_same_findings() -> None:
+    pool = [
+        {"findings": "Right lower lobe opacity. Heart normal.", "impression": "Right lower lobe pneumonia."},
+        {"findings": "right lower  lobe opacity.  heart normal.", "impression": "RLL pneumonia."},  # same findings
+        {"findings": "Right lower lobe opacity, small effusion.", "impression": "1. Right lower lobe pneumonia."},
+        {"findings": "Left lower lobe opacity.", "impression": "Left lower lobe pneumonia."},
+        {"findings": "Heart normal. Lungs clear.", "impression": "No acute disease."},
+    ]
+    out = with_similar_impressions(pool[:1], pool, 2)
+    # the query's own findings (and their copy, differently spaced/cased) are skipped; "1. Right lower lobe
+    # pneumonia." is the same impression as the query's own after normalisation but comes from another report
+    assert out[0]["similar_impressions"] == ["1. Right lower lobe pneumonia.", "Left lower lobe pneumonia."]
+    assert out[0]["impression"] == "Right lower lobe pneumonia."  # the record itself is untouched
+    # distinct after normalisation: two reports with "No acute disease." give one entry
+    pool2 = pool + [{"findings": "Lungs clear, heart normal size.", "impression": "No acute disease"}]
+    sims = RetrievalBaseline().fit([r["findings"] for r in pool2], [r["impression"] for r in pool2])
+    got = sims.similar_impressions(["Heart normal and lungs clear."], 5)[0]
+    assert [normalize_impression(x) for x in got].count("no acute disease") == 1
+    assert got[0].startswith("No acute disease")
+    assert with_similar_impressions(pool[:2], pool, 0) == [dict(r) for r in pool[:2]]
+    with pytest.raises(ValueError, match="k must be positive"):
+        sims.similar_impressions(["x"], -1)

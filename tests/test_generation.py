@@ -78,6 +78,40 @@ def test_batched_greedy_equals_one_by_one_in_input_order(model, tokenizer):
     assert any(line.startswith("gen batch 3/3 | 7/7 reports") for line in lines)
 
 
+def test_common_prefix_length():
+    assert generation.common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]], min_len=2) == 3
+    assert generation.common_prefix_length([[1, 2, 3], [1, 2, 3, 4]], min_len=1) == 2  # each keeps a token
+    assert generation.common_prefix_length([[1, 2, 3], [9, 2, 3]], min_len=1) == 0
+    assert generation.common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], min_len=8) == 0  # too short to cache
+    assert generation.common_prefix_length([]) == 0
+
+
+def test_prefix_cache_gives_the_same_tokens_and_logs_it(model, tokenizer):
+    recs = _records()
+    runs = {}
+    for cached in (True, False):
+        lines: list[str] = []
+        runs[cached] = generation.generate_impressions(
+            model, tokenizer, recs,
+            GenerationStageConfig(gen_batch_size=3, gen_max_new_tokens=12, gen_prefix_cache=cached),
+            model_name="tiny", log=_log_sink(lines),
+        )
+        runs[cached].lines = lines
+    on, off = runs[True], runs[False]
+    # system prompt + template + user header are shared by every prompt
+    assert on.prefix_tokens > 20 and off.prefix_tokens == 0
+    assert any(f"shared prefix cached: {on.prefix_tokens} tokens" in x for x in on.lines)
+    assert [p["prediction"] for p in on.predictions] == [p["prediction"] for p in off.predictions]
+    assert [p["n_new_tokens"] for p in on.predictions] == [p["n_new_tokens"] for p in off.predictions]
+    assert on.params_hash == off.params_hash  # same outputs, same hash
+    # beam search does not use the cache (it expands the batch itself)
+    beams = generation.generate_impressions(
+        model, tokenizer, recs[:2], GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=4, gen_num_beams=2),
+        model_name="tiny", log=lambda s: None,
+    )
+    assert beams.prefix_tokens == 0
+
+
 def test_beam_search_batched_equals_one_by_one(model, tokenizer):
     recs = _records()[:4]
     cfgs = [GenerationStageConfig(gen_batch_size=b, gen_max_new_tokens=6, gen_num_beams=3) for b in (4, 1)]

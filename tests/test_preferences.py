@@ -41,3 +41,11 @@ def test_bad_rows_name_file_line_and_field(tmp_path, change, field):
     path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(P.PairError, match=rf"p.jsonl:2: .*{field}"):
         P.read_pairs_jsonl(path)
+
+
+def test_retrieval_context_travels_with_the_pair():
+    rec = {**REC, "similar_impressions": ["No acute disease.", "Clear lungs."]}
+    pair = P.make_pair(rec, "No acute disease.", "Large effusion.", "factual:insert", "gen")
+    assert pair["record"]["similar_impressions"] == ["No acute disease.", "Clear lungs."]
+    user = P.to_trl_dataset([pair])[0]["prompt"][1]["content"]
+    assert user.endswith("- No acute disease.\n- Clear lungs.")

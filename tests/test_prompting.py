@@ -54,6 +54,17 @@ def test_style_slot_goes_to_system_message():
     assert prompting.build_messages(_record(), style="  ") == plain
 
 
+def test_similar_impressions_follow_the_findings():
+    plain = prompting.build_messages(_record())
+    rag = prompting.build_messages(_record(similar_impressions=["No acute disease.", "1. Clear  lungs."]))
+    assert rag[0] == plain[0]
+    assert rag[1]["content"] == (plain[1]["content"] + "\n" + prompting.SIMILAR_HEADING
+                                 + "\n- No acute disease.\n- 1. Clear lungs.")
+    assert prompting.build_messages(_record(similar_impressions=[])) == plain
+    with pytest.raises(PromptError, match="report_id='r1'.*similar_impressions"):
+        prompting.build_messages(_record(similar_impressions="No acute disease."))
+
+
 def test_bad_records_name_the_report():
     with pytest.raises(PromptError, match="report_id='r9'.*findings"):
         prompting.build_messages(_record(report_id="r9", findings="  "))

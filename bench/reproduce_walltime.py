@@ -1,0 +1,113 @@
+"""Wall time of each notebook in a reproduction (``make reproduce MODEL=...``).
+
+Runs the papermill chain for ``params/<model>.yaml`` (all numbered notebooks, or
+``--notebooks``) with :func:`radimpress_lib.runner.run` and writes
+``bench/results/reproduce_walltime.json``: seconds per notebook, the total, the target
+(30 minutes for the coarse stage 01 -> 02 -> 05), the machine description, a 1-second
+fp32 matmul calibration before and after (a shared machine shows up as lower GFLOP/s)
+and the decoding / training throughput that the notebooks themselves recorded
+(``sft.json``, ``manifest.json``).
+
+``--collect`` skips running and only collects the timings of the last reproduction from
+``outputs/<model>/timings.json`` (when the chain was run with ``make reproduce``).
+
+Usage::
+
+    .venv/bin/python bench/reproduce_walltime.py [--model smollm2-135m] [--notebooks 01 02 05] [--collect]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sft_throughput import calibrate, machine  # noqa: E402
+
+from radimpress_lib import config, runner  # noqa: E402
+
+COARSE_TARGET_S = 30 * 60
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def recorded_throughput(out_dir: Path) -> dict[str, Any]:
+    """Training and decoding figures the notebooks wrote themselves."""
+    out: dict[str, Any] = {}
+    sft = _read_json(out_dir / "sft.json")
+    if sft:
+        out["sft"] = {k: sft.get(k) for k in ("global_step", "train_tokens", "wall_time_s", "tokens_per_s")}
+    manifest = _read_json(out_dir / "manifest.json") or {}
+    decoding = (manifest.get("stages", {}).get("evaluate", {}).get("extra", {}) or {}).get("decoding")
+    if decoding:
+        out["decoding"] = {name: {k: d.get(k) for k in ("n_reports", "wall_time_s", "reports_per_s", "new_tokens")}
+                           for name, d in decoding.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--notebooks", nargs="*", help="numbers or stems (default: all)")
+    parser.add_argument("--collect", action="store_true", help="read outputs/<model>/timings.json instead of running")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "reproduce_walltime.json"))
+    args = parser.parse_args(argv)
+
+    params = config.load_params(config.params_path(args.model))
+    out_dir = params.output_dir
+    before = None if args.collect else calibrate()  # a calibration now says nothing about a past run
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    if args.collect:
+        timings = _read_json(out_dir / "timings.json")
+        if not timings:
+            raise SystemExit(f"{out_dir / 'timings.json'}: no timings; run `make reproduce MODEL={args.model}` first")
+        if args.notebooks:
+            timings = {k: v for k, v in timings.items() if k in args.notebooks or k[:2] in args.notebooks}
+    else:
+        timings = runner.run(args.model, notebooks=args.notebooks)
+    after = None if args.collect else calibrate()
+    total = round(sum(timings.values()), 1)
+    result = {
+        "benchmark": "reproduce_walltime",
+        "started": started,
+        "machine": machine(),
+        "git_sha": _git_sha(),
+        "model": args.model,
+        "mode": "collected from timings.json" if args.collect else "ran runner.run",
+        "calib_gflops_before": before,
+        "calib_gflops_after": after,
+        "seconds_per_notebook": timings,
+        "total_seconds": total,
+        "total_minutes": round(total / 60, 2),
+        "coarse_target_seconds": COARSE_TARGET_S,
+        "coarse_seconds": round(sum(v for k, v in timings.items() if k[:2] in ("01", "02", "05")), 1),
+        "recorded_by_notebooks": recorded_throughput(out_dir),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: result[k] for k in ("seconds_per_notebook", "total_minutes", "coarse_seconds")}, indent=2))
+    print("wrote", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

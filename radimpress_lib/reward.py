@@ -1,0 +1,522 @@
+"""Reward model (notebook 03): preference pairs of two kinds and a TRL ``RewardTrainer`` with LoRA.
+
+Pairs (shared format of :mod:`radimpress_lib.preferences`; the prompt's style slot holds the
+*target* radiologist's style prefix, :func:`radimpress_lib.style.style_prefix`):
+
+* **style pairs** — same content, target radiologist's style vs another's. ``chosen`` is the
+  report's own impression (written by the target group); ``rejected`` is an impression of
+  *another* group with the same content, found by its CheXpert label signature (the set of
+  positive/uncertain observations, :mod:`radimpress_lib.labeler`) in the same split
+  (``style:swap``). Real impressions are used rather than synthetic rewrites so the reward
+  model learns the readers' actual wording and not a rewriting artefact; the label signature
+  keeps the content the same at the level the factual reward can see (locations and severity
+  may still differ, a known limitation). When no other group has an impression with that
+  signature, the impression is rewritten in another group's template
+  (:func:`radimpress_lib.style.restyle`: its normal phrase and numbering; ``style:restyle``).
+* **factual pairs** — reference vs a factually corrupted copy (``factual:<kind>``). The
+  corruption comes from :mod:`radimpress_lib.corruptions` when that module (the entity-graph
+  stage) provides ``corrupt_impression``; otherwise from :func:`minimal_corruption` here
+  (negation removed, laterality swapped, a finding swapped for another, a finding added to a
+  normal impression, a positive sentence dropped), checked to change the labeler's labels
+  (laterality swaps excepted: the labeler does not see sides).
+
+Train pairs come from the train split, held-out pairs from the validation split (never test).
+The unseen radiologist group is excluded from every pair (it is the few-shot case).
+
+The reward model is the SFT model's backbone with a scalar ``score`` head
+(``AutoModelForSequenceClassification``, ``num_labels=1``), LoRA adapters on the attention
+projections of the last ``rm_lora_last_layers`` layers (on CPU the backward pass then stops
+there) and the score head trained in full and saved with the adapter (peft
+``modules_to_save``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from radimpress_lib import labeler, style
+from radimpress_lib.config import RewardStageConfig
+from radimpress_lib.preferences import make_pair, to_trl_dataset
+from radimpress_lib.prompting import build_messages
+
+__all__ = [
+    "RewardScorer",
+    "build_factual_pairs",
+    "build_pairs",
+    "build_style_pairs",
+    "corruption_function",
+    "fit_pairs_to_length",
+    "label_signature",
+    "load_reward_model",
+    "lora_layers",
+    "minimal_corruption",
+    "pairwise_accuracy",
+    "plot_margins",
+    "reward_model_from_causal_lm",
+    "score_pairs",
+    "train_reward_model",
+]
+
+logger = logging.getLogger("radimpress.reward")
+
+# --------------------------------------------------------------------------- content signature
+
+
+def label_signature(text: str) -> frozenset[str]:
+    """Observations the labeler finds positive or uncertain in ``text`` (No Finding included)."""
+    labels = labeler.label_report(text)
+    return frozenset(obs for obs, status in labels.items() if status in (labeler.POSITIVE, labeler.UNCERTAIN))
+
+
+# --------------------------------------------------------------------------- corruptions (seam)
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_NEG_START = re.compile(r"^(\s*\d{1,2}[.)]\s*)?(?:no evidence of|negative for|no|without)\s+", re.IGNORECASE)
+_SWAPS = [
+    ("pleural effusion", "pneumothorax"), ("effusion", "pneumothorax"), ("atelectasis", "pneumonia"),
+    ("cardiomegaly", "pneumothorax"), ("pneumonia", "pulmonary edema"), ("edema", "pneumothorax"),
+    ("opacity", "mass"), ("opacities", "masses"), ("nodule", "pneumothorax"), ("fracture", "pleural effusion"),
+    ("consolidation", "pneumothorax"), ("granuloma", "mass"), ("scarring", "pneumonia"),
+]
+_ADDED = ["Right lower lobe pneumonia.", "Moderate left pleural effusion.", "Small right apical pneumothorax.",
+          "Cardiomegaly with pulmonary edema.", "Left upper lobe mass."]
+
+
+def _swap_side(m: re.Match[str]) -> str:
+    word = m.group(0)
+    new = "right" if word.lower() == "left" else "left"
+    return new.capitalize() if word[0].isupper() else new
+
+
+def minimal_corruption(text: str, rng: random.Random) -> tuple[str, str] | None:
+    """A factually wrong copy of an impression and its kind, or None when no corruption applies.
+
+    Kinds: ``negation`` (a leading "no"/"without" removed), ``laterality`` (left <-> right),
+    ``finding_swap`` (an observation word replaced by another), ``added_finding`` (a finding
+    added to a normal impression), ``dropped_finding`` (a positive sentence removed). Every
+    kind but ``laterality`` must change :func:`label_signature`.
+    """
+    original = label_signature(text)
+    sentences = labeler.split_sentences(text)
+    candidates: list[tuple[str, str]] = []
+    for i, s in enumerate(sentences):
+        if _NEG_START.match(s):
+            fixed = _NEG_START.sub(lambda m: m.group(1) or "", s, count=1)
+            fixed = fixed[:1].upper() + fixed[1:] if fixed and not fixed[0].isdigit() else fixed
+            candidates.append((" ".join(sentences[:i] + [fixed] + sentences[i + 1:]), "negation"))
+    if _SIDE.search(text):
+        candidates.append((_SIDE.sub(_swap_side, text), "laterality"))
+    lower = text.lower()
+    for a, b in _SWAPS:
+        if re.search(rf"\b{a}\b", lower):
+            swapped = re.sub(rf"\b{a}\b", lambda m, b=b: b.capitalize() if m.group(0)[0].isupper() else b, text,
+                             count=1, flags=re.IGNORECASE)
+            candidates.append((swapped, "finding_swap"))
+            break
+    if "No Finding" in original:
+        candidates.append((rng.choice(_ADDED) + " " + text, "added_finding"))
+    positive = [i for i, s in enumerate(sentences) if label_signature(s) - {"No Finding"}]
+    if len(sentences) >= 2 and positive:
+        drop = rng.choice(positive)
+        candidates.append((" ".join(s for i, s in enumerate(sentences) if i != drop), "dropped_finding"))
+    rng.shuffle(candidates)
+    for corrupted, kind in candidates:
+        if corrupted.strip() and corrupted.strip() != text.strip() and (
+                kind == "laterality" or label_signature(corrupted) != original):
+            return corrupted, kind
+    return None
+
+
+def corruption_function() -> tuple[Callable[[str, random.Random], tuple[str, str] | None], str]:
+    """The corruption generator to use and its name.
+
+    :mod:`radimpress_lib.corruptions` (entity-graph stage) when it provides
+    ``corrupt_impression(text, rng) -> (text, kind) | None``; else :func:`minimal_corruption`.
+    """
+    try:
+        from radimpress_lib import corruptions  # type: ignore[attr-defined]
+    except ImportError:
+        return minimal_corruption, "reward.minimal_corruption"
+    fn = getattr(corruptions, "corrupt_impression", None)
+    if fn is None:
+        return minimal_corruption, "reward.minimal_corruption"
+    return fn, "corruptions.corrupt_impression"
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def _seen(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: style.StyleModel):
+    return [(r, g) for r, g in zip(records, groups) if g in model.seen_groups]
+
+
+def build_style_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: style.StyleModel, n: int,
+                      seed: int, source: str = "style_pairs") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Up to ``n`` style pairs from ``records`` (one split) and their groups; returns (pairs, info).
+
+    Targets are drawn seeded, with the groups balanced (round robin over seen groups), so the
+    pairs are not all about the most frequent normal template.
+    """
+    rng = random.Random(seed)
+    seen = _seen(records, groups, model)
+    by_sig: dict[frozenset[str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    sigs = []
+    for r, g in seen:
+        sig = label_signature(r["impression"])
+        sigs.append(sig)
+        by_sig[sig][g].append(r["impression"].strip())
+    per_group: dict[str, list[int]] = defaultdict(list)
+    for i, (_, g) in enumerate(seen):
+        per_group[g].append(i)
+    for idx in per_group.values():
+        rng.shuffle(idx)
+    order = []
+    queues = [per_group[g] for g in model.seen_groups if per_group.get(g)]
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop())
+    pairs, info = [], {"swap": 0, "restyle": 0, "no_partner": 0}
+    for i in order:
+        if len(pairs) >= n:
+            break
+        record, group = seen[i]
+        chosen = record["impression"].strip()
+        others = [(g, t) for g, texts in by_sig[sigs[i]].items() if g != group for t in texts if t != chosen]
+        if others:
+            _, rejected = rng.choice(others)
+            kind = "swap"
+        else:
+            targets = [g for g in model.seen_groups if g != group]
+            rng.shuffle(targets)
+            rejected = next((t for t in (style.restyle(chosen, model, g) for g in targets) if t.strip() != chosen), None)
+            kind = "restyle"
+            if rejected is None:
+                info["no_partner"] += 1
+                continue
+        info[kind] += 1
+        pairs.append(make_pair(record, chosen, rejected, f"style:{kind}", source, style=style.style_prefix(model, group)))
+    return pairs, info
+
+
+def build_factual_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: style.StyleModel, n: int,
+                        seed: int, source: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Up to ``n`` factual pairs (reference vs corrupted reference); returns (pairs, info)."""
+    rng = random.Random(seed)
+    corrupt, name = corruption_function()
+    seen = _seen(records, groups, model)
+    order = list(range(len(seen)))
+    rng.shuffle(order)
+    pairs, skipped = [], 0
+    for i in order:
+        if len(pairs) >= n:
+            break
+        record, group = seen[i]
+        out = corrupt(record["impression"].strip(), rng)
+        if out is None:
+            skipped += 1
+            continue
+        corrupted, kind = out
+        pairs.append(make_pair(record, record["impression"].strip(), corrupted, f"factual:{kind}", source or name,
+                               style=style.style_prefix(model, group)))
+    return pairs, {"generator": name, "no_corruption": skipped}
+
+
+def build_pairs(records: Sequence[Mapping[str, Any]], model: style.StyleModel, n: int, seed: int,
+                split: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``n`` pairs from one split: half style, half factual (seeded); returns (pairs, info with counts)."""
+    if any(r.get("split") == "test" for r in records):
+        raise ValueError("preference pairs are built from train/validate reports only, never the test split")
+    groups = model.assign(records)
+    n_style = n // 2
+    style_pairs, s_info = build_style_pairs(records, groups, model, n_style, seed, source=f"style_pairs:{split}")
+    fact_pairs, f_info = build_factual_pairs(records, groups, model, n - len(style_pairs), seed + 1)
+    pairs = style_pairs + fact_pairs
+    random.Random(seed).shuffle(pairs)
+    info = {"split": split, "n": len(pairs), "style": len(style_pairs), "factual": len(fact_pairs),
+            "style_info": s_info, "factual_info": f_info}
+    if len(pairs) < n:
+        logger.warning("%s: asked for %d pairs, built %d (%s)", split, n, len(pairs), info)
+    return pairs, info
+
+
+def _chat_len(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_pairs_to_length(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int
+                        ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Truncate each pair's findings (token boundary, " [...]") so prompt + longer answer fit ``max_length``.
+
+    TRL's trainers drop over-long pairs silently; here they are shortened and counted, and a pair
+    that cannot fit even with empty findings is dropped and counted (``dropped``).
+    """
+    out, stats = [], {"truncated": 0, "dropped": 0}
+    for pair in pairs:
+        pair = json.loads(json.dumps(pair))
+        answer = max((pair["chosen"], pair["rejected"]), key=len)
+
+        def total(findings: str, p=pair, a=answer) -> int:
+            rec = dict(p["record"], findings=findings)
+            return _chat_len(tokenizer, build_messages(rec, p["style"]) + [{"role": "assistant", "content": a}])
+
+        if total(pair["record"]["findings"]) > max_length:
+            ids = tokenizer(pair["record"]["findings"], add_special_tokens=False)["input_ids"]
+            keep = len(ids)
+            while keep > 0:
+                keep = max(0, keep - max(4, keep // 8))
+                text = tokenizer.decode(ids[:keep], skip_special_tokens=True).strip() + " [...]"
+                if total(text) <= max_length:
+                    break
+            if keep == 0:
+                stats["dropped"] += 1
+                continue
+            pair["record"]["findings"] = text
+            stats["truncated"] += 1
+        out.append(pair)
+    return out, stats
+
+
+# --------------------------------------------------------------------------- model
+
+
+def reward_model_from_causal_lm(causal_lm: Any, seed: int) -> Any:
+    """A ``num_labels=1`` sequence-classification model sharing ``causal_lm``'s backbone weights.
+
+    The score head is a fresh seeded linear layer; the backbone (e.g. the merged SFT model) is
+    copied, so the reward model starts from what the policy knows.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config = causal_lm.config.__class__.from_dict(causal_lm.config.to_dict())
+    config.num_labels = 1
+    config.problem_type = "regression"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        rm = AutoModelForSequenceClassification.from_config(config, dtype=next(causal_lm.parameters()).dtype)
+    backbone = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else causal_lm.model
+    missing, unexpected = rm.model.load_state_dict(backbone.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "rotary" not in m]:
+        raise RuntimeError(f"backbone weights do not fit the reward model (missing {missing}, unexpected {unexpected})")
+    rm.config.pad_token_id = causal_lm.config.pad_token_id
+    return rm.to(next(causal_lm.parameters()).device)
+
+
+def lora_layers(model: Any, last: int | None) -> list[int] | None:
+    """Indices of the last ``last`` decoder layers (None: all layers)."""
+    if last is None:
+        return None
+    n = model.config.get_text_config().num_hidden_layers
+    return list(range(max(0, n - last), n))
+
+
+@dataclass
+class RewardResult:
+    """What :func:`train_reward_model` returns (also ``reward_result.json``)."""
+
+    adapter_dir: str
+    global_step: int
+    loss_history: list[dict[str, float]]
+    wall_time_s: float
+    n_train_pairs: int
+    n_trainable_params: int
+    n_params: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+def train_reward_model(causal_lm: Any, tokenizer: Any, train_pairs: Sequence[Mapping[str, Any]],
+                       cfg: RewardStageConfig, output_dir: str | Path, seed: int,
+                       log: Callable[[str], None] | None = None) -> tuple[Any, RewardResult]:
+    """Train the reward model on ``train_pairs``; returns (trained peft model, result).
+
+    The adapter (LoRA + the ``score`` head via ``modules_to_save``) is saved to
+    ``<output_dir>/adapter``.
+    """
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars, configure_torch_threads
+
+    log = log or _default_log
+    if not train_pairs:
+        raise ValueError("no train pairs for the reward model")
+    if next(causal_lm.parameters()).dtype != torch.float32 and not torch.cuda.is_available():
+        raise ValueError("reward-model training on CPU is fp32 only")
+    configure_torch_threads()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rm = reward_model_from_causal_lm(causal_lm, seed)
+    peft_config = LoraConfig(
+        task_type="SEQ_CLS", r=cfg.rm_lora_r, lora_alpha=cfg.rm_lora_alpha, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=lora_layers(rm, cfg.rm_lora_last_layers),
+        modules_to_save=["score"], bias="none",
+    )
+    on_cuda = torch.cuda.is_available()
+    args = RewardConfig(
+        output_dir=str(output_dir / "checkpoints"), seed=seed, learning_rate=cfg.rm_learning_rate,
+        num_train_epochs=cfg.rm_epochs, max_steps=cfg.rm_max_steps, per_device_train_batch_size=cfg.rm_per_device_batch,
+        lr_scheduler_type="linear", warmup_steps=0.1, logging_steps=cfg.rm_logging_steps, logging_first_step=True,
+        save_strategy="no", report_to="none", disable_tqdm=True, max_length=cfg.rm_max_length,
+        center_rewards_coefficient=cfg.rm_center_rewards, bf16=bool(on_cuda and torch.cuda.is_bf16_supported()),
+        dataloader_num_workers=0, dataloader_pin_memory=on_cuda, activation_checkpointing=False,
+    )
+    dataset = to_trl_dataset(train_pairs).remove_columns(["report_id", "pair_type"])
+    tokenizer.padding_side = "right"
+    with _no_progress_bars():
+        trainer = RewardTrainer(model=rm, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                peft_config=peft_config, callbacks=[TextProgressCallback(None, log, prefix="rm")])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    kept = len(trainer.train_dataset)
+    if kept != len(train_pairs):
+        raise ValueError(f"RewardTrainer dropped {len(train_pairs) - kept} pairs longer than rm_max_length="
+                         f"{cfg.rm_max_length}; fit them first with reward.fit_pairs_to_length")
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    log(f"rm: {len(train_pairs)} pairs, trainable {n_train:,}/{n_params:,} params "
+        f"(LoRA layers {lora_layers(rm, cfg.rm_lora_last_layers) or 'all'} + score head)")
+    t0 = time.perf_counter()
+    with _no_progress_bars():
+        trainer.train()
+    wall = time.perf_counter() - t0
+    adapter_dir = output_dir / "adapter"
+    with _no_progress_bars():
+        trainer.save_model(str(adapter_dir))
+    history = [{k: float(h[k]) for k in ("step", "loss", "accuracy", "margin", "learning_rate") if k in h}
+               for h in trainer.state.log_history if "loss" in h]
+    result = RewardResult(str(adapter_dir), int(trainer.state.global_step), history, wall, len(train_pairs),
+                          n_train, n_params, settings={**cfg.model_dump(), "seed": seed})
+    (output_dir / "reward_result.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    log(f"rm: done, {result.global_step} steps in {wall:.0f}s; adapter saved to {adapter_dir}")
+    model = trainer.model
+    model.eval()
+    return model, result
+
+
+def load_reward_model(causal_lm: Any, adapter_dir: str | Path, seed: int = 0) -> Any:
+    """The trained reward model: ``causal_lm``'s backbone + the saved LoRA and score head (merged), eval mode."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no reward-model adapter; run notebook 03 first")
+    rm = reward_model_from_causal_lm(causal_lm, seed)
+    model = PeftModel.from_pretrained(rm, str(adapter_dir)).merge_and_unload()
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class RewardScorer:
+    """Scores (prompt messages, impression) with a reward model, batched, in the training format."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int | None = None) -> None:
+        self.model, self.tokenizer, self.batch_size, self.max_length = model, tokenizer, batch_size, max_length
+
+    def texts(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[str]:
+        """The chat-templated conversations the reward model reads (as in TRL's RewardTrainer)."""
+        return [self.tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": c.strip()}],
+                                                   tokenize=False) for p, c in zip(prompts, completions)]
+
+    @torch.inference_mode()
+    def __call__(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[float]:
+        texts = self.texts(prompts, completions)
+        device = next(self.model.parameters()).device
+        out: list[float] = []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        for i in range(0, len(texts), self.batch_size):
+            enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i:i + self.batch_size]]
+            if self.max_length:
+                enc = [e[-self.max_length:] for e in enc]
+            width = max(map(len, enc))
+            ids = torch.full((len(enc), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, e in enumerate(enc):  # right padding: the score is read at the last non-pad token
+                ids[row, :len(e)] = torch.tensor(e)
+                mask[row, :len(e)] = 1
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out.extend(float(x) for x in logits[:, 0].float().cpu())
+        return out
+
+
+def score_pairs(scorer: RewardScorer, pairs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Reward of chosen and rejected for every pair: one row per pair with ``margin`` = chosen - rejected."""
+    prompts = [build_messages(p["record"], p["style"]) for p in pairs]
+    chosen = scorer(prompts, [p["chosen"] for p in pairs])
+    rejected = scorer(prompts, [p["rejected"] for p in pairs])
+    return pd.DataFrame({
+        "report_id": [p["report_id"] for p in pairs],
+        "pair_type": [p["pair_type"] for p in pairs],
+        "family": [p["pair_type"].split(":", 1)[0] for p in pairs],
+        "reward_chosen": chosen, "reward_rejected": rejected,
+        "margin": [c - r for c, r in zip(chosen, rejected)],
+    })
+
+
+def pairwise_accuracy(scores: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise accuracy (chosen scored above rejected) and mean margin by family and by pair type."""
+    rows = []
+    for level in ("family", "pair_type"):
+        for name, g in scores.groupby(level):
+            rows.append({"level": level, "name": name, "n": len(g), "accuracy": float((g["margin"] > 0).mean()),
+                         "mean_margin": float(g["margin"].mean())})
+    rows.append({"level": "all", "name": "all", "n": len(scores), "accuracy": float((scores["margin"] > 0).mean()),
+                 "mean_margin": float(scores["margin"].mean())})
+    return pd.DataFrame(rows)
+
+
+def accuracy_summary(scores: pd.DataFrame) -> dict[str, float | None]:
+    """``{"factual_pair_acc", "style_pair_acc", "n_factual", "n_style"}`` for metrics.json."""
+    out: dict[str, float | None] = {}
+    for fam in ("factual", "style"):
+        g = scores[scores["family"] == fam]
+        out[f"{fam}_pair_acc"] = float((g["margin"] > 0).mean()) if len(g) else None
+        out[f"n_{fam}"] = len(g)
+    return out
+
+
+def plot_margins(scores: pd.DataFrame):
+    """Histogram of reward margins (chosen - rejected) per pair family; right of 0 = ranked correctly."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for fam, g in scores.groupby("family"):
+        ax.hist(g["margin"], bins=20, alpha=0.6, label=f"{fam} (acc {(g['margin'] > 0).mean():.2f}, n={len(g)})")
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_xlabel("reward(chosen) - reward(rejected)")
+    ax.set_ylabel("held-out pairs")
+    ax.set_title("Reward margins on held-out validation pairs")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def merge_json(path: Path, entries: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge top-level keys into a JSON file (other keys kept), e.g. ``reward_model`` into metrics.json."""
+    current: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    current.update({k: v for k, v in entries.items()})
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(current, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return current
+

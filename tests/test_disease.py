@@ -1,0 +1,78 @@
+"""Disease-area slice selection (keywords + MeSH/Problems), config checks, disease adapter on tiny-llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from radimpress_lib import config, disease
+
+
+def _rec(rid, findings, impression="No acute disease.", mesh=(), problems=(), split="train"):
+    return {"report_id": rid, "modality": "XR", "body_part": "CHEST", "indication": "", "comparison": "",
+            "findings": findings, "impression": impression, "radiologist_id": None, "split": split,
+            "mesh": list(mesh), "problems": list(problems), "source": f"synthetic:{rid}"}
+
+
+RECORDS = [
+    _rec("1", "Calcified granuloma in the right upper lobe.", mesh=["Calcified Granuloma/lung/upper lobe/right"]),
+    _rec("2", "Heart size normal. Lungs clear.", mesh=["normal"]),
+    _rec("3", "Massive cardiomegaly.", "Cardiomegaly."),            # 'massive' is not 'mass'
+    _rec("4", "Lungs clear.", "Left upper lobe nodular opacity, recommend CT."),
+    _rec("5", "Lungs clear.", problems=["Nodule"]),                  # MeSH / Problems only
+    _rec("6", "Multiple pulmonary metastases.", "Metastatic disease."),
+    _rec("7", "Right hilar MASSES.", mesh=["Mass/hilum"]),
+]
+
+
+def test_select_slice_keywords_and_mesh():
+    cfg = config.DiseaseStageConfig()
+    chosen, stats = disease.select_slice(RECORDS, cfg)
+    assert [r["report_id"] for r in chosen] == ["1", "4", "5", "6", "7"]
+    assert (stats.n, stats.n_slice, stats.by_both, stats.by_keyword_only, stats.by_mesh_only) == (7, 5, 2, 2, 1)
+    assert stats.keywords["masses"] == 1 and stats.keywords["nodular"] == 1 and stats.mesh_terms["Nodule"] == 1
+    d = stats.as_dict()
+    assert d["share"] == pytest.approx(5 / 7) and d["top_mesh"] == {"Calcified Granuloma": 1, "Mass": 1, "Nodule": 1}
+
+
+def test_fields_and_mesh_only_configs():
+    findings_only = config.DiseaseStageConfig(disease_fields=["findings"], disease_mesh_terms=[])
+    assert [r["report_id"] for r in disease.select_slice(RECORDS, findings_only)[0]] == ["1", "6", "7"]
+    mesh_only = config.DiseaseStageConfig(disease_keywords=[], disease_mesh_terms=["nodule", "mass"])
+    assert [r["report_id"] for r in disease.select_slice(RECORDS, mesh_only)[0]] == ["5", "7"]
+    slices, table = disease.slice_table({"train": RECORDS, "test": RECORDS[:2]}, config.DiseaseStageConfig())
+    assert table.loc["train", "n_slice"] == 5 and table.loc["test", "n_slice"] == 1 and len(slices["test"]) == 1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="not a regular expression"):
+        config.DiseaseStageConfig(disease_keywords=["nodul(e"])
+    with pytest.raises(ValueError, match="disease_keywords or disease_mesh_terms"):
+        config.DiseaseStageConfig(disease_keywords=[], disease_mesh_terms=[])
+    with pytest.raises(ValueError):
+        config.DiseaseStageConfig(disease_area="Onco Logy")
+
+
+def test_disease_adapter_on_tiny_model(tmp_path):
+    params = config.load_params("params/ci-tiny.yaml")
+    flat = params.flat() | {"run_output_dir": str(tmp_path), "disease_init": "base", "disease_sft_max_steps": 2,
+                            "sft_logging_steps": 1, "sft_num_threads": 1}
+    params = config.from_mapping(flat)
+    with pytest.raises(ValueError, match="train slice .* is empty"):
+        disease.train_disease_adapter(params, [], None)
+    with pytest.raises(FileNotFoundError, match="no disease adapter"):
+        disease.load_disease_model(params)
+    train, _ = disease.select_slice(RECORDS, params.disease)
+    lines = []
+    result = disease.train_disease_adapter(params, train, train[:2], log=lines.append)
+    assert result.global_step == 2 and result.final_eval_loss is not None
+    assert (disease.disease_dir(params) / "adapter" / "adapter_config.json").is_file()
+    run = json.loads((disease.disease_dir(params) / "sft_run.json").read_text())
+    assert run["n_train"] == len(train) and run["settings"]["sft_max_steps"] == 2
+    _model, _tokenizer, info = disease.load_disease_model(params)
+    assert info["disease_adapter"] == "disease_oncology/adapter"
+    # init 'general' needs the general SFT adapter of notebook 02 in the run folder.
+    general = config.from_mapping(flat | {"disease_init": "general"})
+    with pytest.raises(FileNotFoundError, match="run notebook 02 first"):
+        disease.train_disease_adapter(general, train, None)

@@ -1,0 +1,130 @@
+"""Preference pairs, corruptions and the reward model on a tiny random model (radimpress_lib.reward)."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+import torch
+from style_synth import records
+
+from radimpress_lib import models, reward, style
+from radimpress_lib.config import RewardStageConfig
+
+
+@pytest.fixture(scope="module")
+def style_model():
+    return style.fit_style_groups(records(90), k_min=3, k_max=3, seed=0, unseen=None)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer, _ = models.load_model_and_tokenizer("tiny-llama", seed=0)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("text, kinds", [
+    ("No pneumothorax or pleural effusion.", {"negation", "added_finding"}),  # a negated swap is no error
+    ("Right lower lobe pneumonia.", {"laterality", "finding_swap"}),
+    ("No acute cardiopulmonary abnormality.", {"added_finding"}),  # labeler sees no change in a bare negation drop
+    ("Small left pleural effusion. Cardiomegaly.", {"laterality", "finding_swap", "dropped_finding"}),
+])
+def test_minimal_corruption_changes_the_facts(text, kinds):
+    seen = set()
+    for seed in range(40):
+        out = reward.minimal_corruption(text, random.Random(seed))
+        assert out is not None
+        corrupted, kind = out
+        assert corrupted != text and kind in kinds
+        if kind != "laterality":
+            assert reward.label_signature(corrupted) != reward.label_signature(text)
+        seen.add(kind)
+    assert seen == kinds
+
+
+def test_nothing_to_corrupt_gives_none():
+    assert reward.minimal_corruption("Large mass.", random.Random(0)) is None  # one positive, no cue to change
+
+
+def test_build_pairs_style_and_factual(style_model):
+    train = records(60)
+    pairs, info = reward.build_pairs(train, style_model, 20, 0, "train")
+    assert len(pairs) == 20 and info["style"] == 10 and info["factual"] == 10
+    groups = dict(zip((r["impression"] for r in train), style_model.assign(train)))
+    for p in pairs:
+        target = p["style"].split()[1].rstrip(".")
+        if p["pair_type"].startswith("style:"):
+            # chosen is the target reader's impression, rejected another reader's with the same content
+            assert groups[p["chosen"]] == target
+            if p["pair_type"] == "style:swap":
+                assert groups[p["rejected"]] != target
+                assert reward.label_signature(p["chosen"]) == reward.label_signature(p["rejected"])
+        else:
+            assert p["pair_type"].startswith("factual:") and groups[p["chosen"]] == target
+    assert pairs == reward.build_pairs(train, style_model, 20, 0, "train")[0]
+    with pytest.raises(ValueError, match="never the test split"):
+        reward.build_pairs(records(6, split="test"), style_model, 4, 0, "test")
+
+
+def test_unseen_group_is_left_out_of_pairs():
+    train = records(90)
+    model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen="R3")
+    pairs, _ = reward.build_pairs(train, model, 40, 0, "train")
+    unseen_texts = {r["impression"] for r, g in zip(train, model.assign(train)) if g == "R3"}
+    assert pairs and all("R3" not in p["style"] and p["chosen"] not in unseen_texts for p in pairs)
+
+
+def test_restyle_fallback_when_no_same_content_partner(style_model):
+    # only one reader reports a mass: no same-label partner, so the pair is a rewrite
+    train = records(30, styles="A") + records(30, seed=1, styles="B")
+    for r in train:
+        if "effusion" in r["impression"] and r["impression"].startswith("1."):
+            r["impression"] = "1. Large left upper lobe mass. 2. No active disease."
+    pairs, info = reward.build_style_pairs(train, style_model.assign(train), style_model, 60, 0)
+    assert info["restyle"] > 0 and any(p["pair_type"] == "style:restyle" for p in pairs)
+
+
+def test_fit_pairs_to_length_truncates_and_counts(style_model, tiny):
+    _, tokenizer = tiny
+    pairs, _ = reward.build_pairs(records(20), style_model, 6, 0, "train")
+    pairs[0]["record"]["findings"] = "The heart is normal in size. " * 80
+    fitted, stats = reward.fit_pairs_to_length(pairs, tokenizer, 256)
+    assert stats == {"truncated": 1, "dropped": 0} and fitted[0]["record"]["findings"].endswith("[...]")
+    assert pairs[0]["record"]["findings"].startswith("The heart")  # input not modified
+    _, stats = reward.fit_pairs_to_length(pairs, tokenizer, 40)
+    assert stats["dropped"] == len(pairs)
+
+
+def test_reward_model_trains_saves_head_and_reloads(style_model, tiny, tmp_path):
+    model, tokenizer = tiny
+    pairs, _ = reward.build_pairs(records(30), style_model, 8, 0, "train")
+    cfg = RewardStageConfig(rm_max_steps=2, rm_per_device_batch=4, rm_logging_steps=1, rm_lora_last_layers=1,
+                            rm_learning_rate=1e-2)
+    init = reward.reward_model_from_causal_lm(model, seed=0).score.weight.detach().clone()
+    rm, result = reward.train_reward_model(model, tokenizer, pairs, cfg, tmp_path, seed=0, log=lambda s: None)
+    assert result.global_step == 2 and result.loss_history and (tmp_path / "reward_result.json").is_file()
+    assert result.n_trainable_params < result.n_params / 10
+    trained_names = [n for n, p in rm.named_parameters() if p.requires_grad]
+    assert any("score" in n for n in trained_names) and all("layers.0." not in n for n in trained_names)
+    scorer = reward.RewardScorer(rm, tokenizer, batch_size=3)
+    scores = reward.score_pairs(scorer, pairs)
+    reloaded = reward.load_reward_model(model, tmp_path / "adapter", seed=0)
+    assert not torch.allclose(reloaded.score.weight, init)  # the trained head was saved (modules_to_save)
+    again = reward.score_pairs(reward.RewardScorer(reloaded, tokenizer, batch_size=8), pairs)
+    assert (again["margin"] - scores["margin"]).abs().max() < 1e-4
+    with pytest.raises(FileNotFoundError):
+        reward.load_reward_model(model, tmp_path / "missing")
+
+
+def test_pairwise_accuracy_tables(tmp_path):
+    scores = pd.DataFrame({"pair_type": ["style:swap", "style:swap", "factual:negation", "factual:laterality"],
+                           "family": ["style", "style", "factual", "factual"], "margin": [1.0, -0.5, 2.0, 0.1]})
+    table = reward.pairwise_accuracy(scores).set_index(["level", "name"])
+    assert table.loc[("family", "style"), "accuracy"] == 0.5 and table.loc[("all", "all"), "accuracy"] == 0.75
+    assert reward.accuracy_summary(scores) == {"factual_pair_acc": 1.0, "n_factual": 2, "style_pair_acc": 0.5,
+                                               "n_style": 2}
+    path = tmp_path / "metrics.json"
+    path.write_text('{"sft": {"rougeL": 1.0}, "n": 3}')
+    merged = reward.merge_json(path, {"reward_model": {"style_pair_acc": 0.5}})
+    assert merged == {"sft": {"rougeL": 1.0}, "n": 3, "reward_model": {"style_pair_acc": 0.5}}

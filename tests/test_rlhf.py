@@ -1,0 +1,187 @@
+"""DPO, online RL (GRPO/RLOO), rewards, guards and fine-stage evaluation on a tiny random model (radimpress_lib.rlhf)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from style_synth import records
+
+from radimpress_lib import metrics, models, reward, rlhf, style
+from radimpress_lib.config import DPOStageConfig, RewardStageConfig, RLStageConfig
+
+
+@pytest.fixture(scope="module")
+def style_model():
+    return style.fit_style_groups(records(90), k_min=3, k_max=3, seed=0, unseen=None)
+
+
+def _tiny():
+    model, tokenizer, _ = models.load_model_and_tokenizer("tiny-llama", seed=0)
+    return model, tokenizer
+
+
+def test_factual_consistency():
+    findings = "There is a small right pleural effusion. No pneumothorax."
+    assert rlhf.factual_consistency(findings, "Small right pleural effusion.") == 1.0
+    assert rlhf.factual_consistency(findings, "Right pleural effusion and pneumothorax.") == pytest.approx(2 / 3)
+    assert rlhf.factual_consistency(findings, "No acute cardiopulmonary abnormality.") == 0.0
+    assert rlhf.factual_consistency("Lungs are clear.", "No acute disease.") == 1.0
+    assert rlhf.factual_consistency(findings, "  ") == 0.0
+
+
+def test_reward_functions_and_guards():
+    cfg = RLStageConfig()
+    funcs = rlhf.RewardFunctions(None, cfg)
+    logged = {}
+    completions = [[{"role": "assistant", "content": "No acute disease."}], [{"role": "assistant", "content": "x " * 30}]]
+    length = funcs.length(None, completions, reference=["No active disease.", "Clear lungs."],
+                          log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert length[0] == 0.0 and length[1] < -2
+    assert logged["guard/distinct_ratio"] == 1.0 and logged["guard/length_ratio"] > 5
+    assert funcs.factual(None, ["Right lower lobe pneumonia."], findings=["Right lower lobe pneumonia."]) == [1.0]
+    assert funcs.reward_model(None, ["a", "b"]) == [0.0, 0.0]
+    assert [f.__name__ for f in funcs.functions] == ["reward_model", "factual", "length"]
+    assert funcs.weights == [cfg.rl_w_reward_model, cfg.rl_w_factual, cfg.rl_w_length]
+    g = rlhf.guards(["No acute disease."] * 4, ["No acute disease.", "Clear.", "Effusion.", "Normal chest."], cfg)
+    assert g["distinct_ratio"] == 0.25 and not g["distinct_ok"] and g["length_ok"]
+    with pytest.raises(ValueError):
+        RLStageConfig(rl_guard_length_ratio=[2.0, 1.0])
+
+
+def test_compact_lm_head_gives_the_same_log_probs():
+    from trl.trainer.utils import add_fused_lm_head
+
+    model, _ = _tiny()
+    add_fused_lm_head(model)
+    ids = torch.randint(0, 1000, (2, 12))
+    labels = ids.clone()
+    labels[:, :8] = -100
+    full = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    with rlhf.compact_lm_head_on_cpu():
+        compact = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    assert torch.allclose(full, compact, atol=1e-5) and (compact[:, :7] == 0).all()
+
+
+def test_rl_prompts_are_train_only_and_fit(style_model):
+    _, tokenizer = _tiny()
+    train = records(20)
+    train[0]["findings"] = "The heart is normal in size. " * 60
+    ds, stats = rlhf.rl_prompt_dataset(train, style_model, 20, 0, tokenizer, 200)
+    assert len(ds) == 20 and stats["truncated"] == 1
+    assert set(ds.column_names) == {"prompt", "findings", "reference", "group", "report_id"}
+    assert all(p[0]["content"].count("Radiologist ") == 1 for p in ds["prompt"])
+    with pytest.raises(ValueError, match="test"):
+        rlhf.rl_prompt_dataset(records(4, split="test"), style_model, 4, 0, tokenizer, 200)
+
+
+def test_dpo_then_grpo_then_loading(style_model, tmp_path, monkeypatch):
+    """DPO (2 steps) and GRPO (2 steps) on the tiny model; KL reference = SFT; adapters reload for evaluation."""
+    train = records(40)
+    model, tokenizer = _tiny()
+    pairs, _ = reward.build_pairs(train, style_model, 8, 0, "train")
+    dpo_cfg = DPOStageConfig(dpo_max_steps=2, dpo_per_device_batch=4, dpo_lora_last_layers=1, dpo_learning_rate=1e-2)
+    _, dpo_result = rlhf.train_dpo(model, tokenizer, pairs, dpo_cfg, tmp_path / "dpo", 0, log=lambda s: None)
+    assert dpo_result.global_step == 2 and any("rewards/margins" in h for h in dpo_result.log_history)
+    assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "dpo" / "result.json").read_text())["stage"] == "dpo"
+
+    # reward model, then RL continuing the DPO adapter
+    base, tokenizer = _tiny()
+    rm_cfg = RewardStageConfig(rm_max_steps=1, rm_per_device_batch=4, rm_lora_last_layers=1)
+    rm, _ = reward.train_reward_model(base, tokenizer, pairs, rm_cfg, tmp_path / "rm", 0, log=lambda s: None)
+    policy_base, tokenizer = _tiny()
+    sft_state = {k: v.clone() for k, v in policy_base.state_dict().items()}
+    policy = PeftModel.from_pretrained(policy_base, str(tmp_path / "dpo" / "adapter"), is_trainable=True)
+    rl_cfg = RLStageConfig(rl_prompts=4, rl_max_steps=2, rl_num_generations=2, rl_prompts_per_step=2,
+                           rl_max_new_tokens=6, rl_learning_rate=1e-2)
+    prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 4, 0, tokenizer, 320)
+    funcs = rlhf.RewardFunctions(reward.RewardScorer(rm, tokenizer), rl_cfg)
+    rl_model, rl_result = rlhf.train_rl(policy, tokenizer, prompts, funcs, rl_cfg, tmp_path / "rl", 0, log=lambda s: None)
+    assert rl_result.global_step == 2 and rl_result.settings["kl_reference"].startswith("SFT model")
+    steps = [h for h in rl_result.log_history if "reward" in h]
+    assert len(steps) == 2 and all("kl" in h and "rewards/factual/mean" in h and "guard/length_ratio" in h for h in steps)
+    assert len(funcs.steps) == 2
+    # the KL reference adapter is the identity: reference log-probs are the SFT model's
+    ref_b = [p for n, p in rl_model.named_parameters() if ".ref." in n and "lora_B" in n]
+    assert ref_b and all(torch.count_nonzero(p) == 0 for p in ref_b)
+    saved = (tmp_path / "rl" / "adapter")
+    assert (saved / "adapter_config.json").is_file() and not (saved / "ref").exists()
+    # the base weights were not touched
+    assert all(torch.equal(sft_state[k], v) for k, v in rl_model.get_base_model().state_dict().items()
+               if k in sft_state and "lora" not in k)
+    fig = rlhf.plot_rl_curves(rl_result.log_history)
+    assert len(fig.axes) == 3
+    assert len(rlhf.plot_dpo_curves(dpo_result.log_history).axes) == 2
+
+
+def test_style_evaluation_and_tables(style_model):
+    test = records(12, seed=3, split="test")
+    targets, slots, unseen = rlhf.test_style_slots(style_model, test, records(30), 2, 0)
+    assert targets == style_model.assign(test) and not any(unseen)
+    assert all(s.startswith(f"Radiologist {t}.") for s, t in zip(slots, targets))
+    clf = style.fit_style_classifier([r["impression"] for r in records(60)], style_model.assign(records(60)))
+    refs = [r["impression"] for r in test]
+    systems = {"reference": refs, "wrong": ["No acute disease."] * len(refs)}
+    scores = rlhf.style_evaluation(clf, systems, targets, refs, n_boot=50, seed=0)
+    assert scores["reference"]["style_accuracy"] == 1.0 and scores["reference"]["length_ratio"] == 1.0
+    assert scores["wrong"]["style_accuracy"] < 0.5
+    lo, hi = scores["wrong"]["style_accuracy_ci"]
+    assert lo <= scores["wrong"]["style_accuracy"] <= hi
+    table = rlhf.per_radiologist_table(clf, systems, targets, refs, unseen)
+    assert set(table["radiologist"]) == set(targets) and len(table) == 2 * len(set(targets))
+    per = {name: metrics.compute_per_example(p, refs, [r["findings"] for r in test], embed_model=False)
+           for name, p in systems.items()}
+    content = rlhf.content_by_radiologist(per, list(systems), targets, unseen, n_boot=30, seed=0)
+    ref_rows = content[content["system"] == "reference"]
+    assert np.allclose(ref_rows["rougeL"], 100.0) and (ref_rows["n"].sum() == len(test))
+
+
+def test_unseen_radiologist_gets_fewshot_slot():
+    train = records(90)
+    model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen="R2")
+    test = records(9, seed=4, split="test")
+    targets, slots, unseen = rlhf.test_style_slots(model, test, train, 2, 0)
+    for t, s, u in zip(targets, slots, unseen):
+        assert u == (t == "R2")
+        assert ("Example impressions" in s) == u
+
+
+def test_graph_consistency_penalises_errors():
+    findings = "There is a small right pleural effusion. No pneumothorax."
+    good = rlhf.graph_consistency(findings, "Small right pleural effusion.")
+    bad = rlhf.graph_consistency(findings, "Pneumothorax. No pleural effusion.")
+    assert good == 1.0 and 0 < bad < good
+    funcs = rlhf.RewardFunctions(None, RLStageConfig())
+    assert funcs.graph is rlhf.graph_consistency
+    both = funcs.factual(None, ["Pneumothorax. No pleural effusion."], findings=[findings])[0]
+    assert both == pytest.approx(0.5 * (rlhf.factual_consistency(findings, "Pneumothorax. No pleural effusion.") + bad))
+
+
+def test_review_pairs_follow_the_review_stage_switch(tmp_path):
+    from radimpress_lib import config
+
+    params = config.load_params("params/ci-tiny.yaml")
+    params = config.from_mapping(params.flat() | {"run_output_dir": str(tmp_path), "review_pairs_to_dpo": False})
+    pairs, info = rlhf.review_pairs(params)
+    assert pairs == [] and "false" in info["reason"]
+    params = config.from_mapping(params.flat() | {"review_pairs_to_dpo": True})
+    pairs, info = rlhf.review_pairs(params)
+    assert pairs == [] and "no review database" in info["reason"]
+
+
+def test_rloo_runs_one_step(style_model, tmp_path):
+    train = records(20)
+    base, tokenizer = _tiny()
+    from peft import get_peft_model
+
+    policy = get_peft_model(base, rlhf._lora(4, 8, None))
+    rl_cfg = RLStageConfig(rl_algorithm="rloo", rl_prompts=2, rl_max_steps=1, rl_num_generations=2,
+                           rl_prompts_per_step=2, rl_max_new_tokens=4)
+    prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 2, 0, tokenizer, 320)
+    _, result = rlhf.train_rl(policy, tokenizer, prompts, rlhf.RewardFunctions(None, rl_cfg), rl_cfg, tmp_path, 0,
+                              log=lambda s: None)
+    assert result.stage == "rloo" and result.global_step == 1 and any("reward" in h for h in result.log_history)
