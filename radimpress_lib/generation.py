@@ -38,15 +38,16 @@ from typing import Any
 import torch
 
 from radimpress_lib.config import GenerationStageConfig
+from radimpress_lib.jsonl import iter_jsonl_rows
 from radimpress_lib.prompting import build_prompt, end_of_turn_token_ids
 
 __all__ = [
-    "GenerationStageConfig",
     "GenerationResult",
-    "params_hash",
+    "GenerationStageConfig",
     "generate_impressions",
-    "write_predictions_jsonl",
+    "params_hash",
     "read_predictions_jsonl",
+    "write_predictions_jsonl",
 ]
 
 logger = logging.getLogger("radimpress.generation")
@@ -199,7 +200,7 @@ def generate_impressions(
         do_sample=False,
         eos_token_id=end_ids,
         pad_token_id=pad_id,
-        early_stopping=True if cfg.gen_num_beams > 1 else False,
+        early_stopping=cfg.gen_num_beams > 1,
     )
     results: list[dict[str, Any] | None] = [None] * len(rows)
     new_tokens = not_stopped = 0
@@ -302,18 +303,4 @@ def write_predictions_jsonl(predictions: Iterable[Mapping[str, Any]], path: str 
 
 def read_predictions_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a predictions JSONL file; a bad line is an error naming file and line."""
-    path = Path(path)
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            missing = [k for k in PREDICTION_FIELDS if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing fields {missing}")
-            rows.append(row)
-    return rows
+    return [row for _where, row in iter_jsonl_rows(path, PREDICTION_FIELDS)]

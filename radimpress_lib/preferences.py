@@ -27,17 +27,18 @@ from typing import Any
 
 import datasets
 
+from radimpress_lib.jsonl import iter_jsonl_rows
 from radimpress_lib.prompting import build_messages
 
 __all__ = [
     "PAIR_FIELDS",
     "PairError",
     "make_pair",
+    "pair_type_counts",
+    "read_pairs_jsonl",
+    "to_trl_dataset",
     "validate_pair",
     "write_pairs_jsonl",
-    "read_pairs_jsonl",
-    "pair_type_counts",
-    "to_trl_dataset",
 ]
 
 #: Required keys of a pair row.
@@ -110,18 +111,10 @@ def write_pairs_jsonl(pairs: Iterable[Mapping[str, Any]], path: str | Path) -> P
 
 def read_pairs_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read pairs; a bad line is an error naming the file, line and field."""
-    path = Path(path)
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                pair = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PairError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            validate_pair(pair, where=f"{path}:{n}")
-            out.append(pair)
+    for where, pair in iter_jsonl_rows(path, error=PairError):
+        validate_pair(pair, where=where)
+        out.append(pair)
     return out
 
 

@@ -46,6 +46,7 @@ from radimpress_lib.feedback import (
     ReviewItem,
     check_reviewer_id,
 )
+from radimpress_lib.jsonl import iter_jsonl_rows
 
 log = logging.getLogger("radimpress.review")
 
@@ -541,22 +542,11 @@ SCRIPT_FIELDS = ("reviewer_id", "item_id", "ratings")
 def read_script(path: str | Path) -> list[dict[str, Any]]:
     """Scripted judgements (JSONL): ``reviewer_id``, ``item_id``, ``ratings`` {label: 1-5} and optional
     ``errors``, ``preferred``, ``edited_impression``, ``edited_from``, ``comment``, ``reviewer_kind``."""
-    path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FeedbackError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            missing = [k for k in SCRIPT_FIELDS if k not in row]
-            if missing:
-                raise FeedbackError(f"{path}:{n}: missing fields {missing}")
-            if not isinstance(row["ratings"], dict):
-                raise FeedbackError(f"{path}:{n}: field 'ratings' must map label -> 1-5")
-            rows.append(row)
+    for where, row in iter_jsonl_rows(path, SCRIPT_FIELDS, error=FeedbackError):
+        if not isinstance(row["ratings"], dict):
+            raise FeedbackError(f"{where}: field 'ratings' must map label -> 1-5")
+        rows.append(row)
     return rows
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,14 +23,10 @@ from radimpress_lib.labeler import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labeler_gold import GOLD, GOLD_DEV, GOLD_HELDOUT, GoldSentence  # noqa: E402
+from gold_text import gold_sentences as load_gold_sentences
+from labeler_gold import GOLD, GOLD_DEV, GOLD_HELDOUT, GoldSentence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> Path:
-    env = os.environ.get("RADIMPRESS_DATA")
-    return Path(env) if env else (REPO_ROOT / ".." / "shared" / "data").resolve()
 
 
 def _only(labels: dict[str, str]) -> dict[str, str]:
@@ -273,25 +266,7 @@ def test_gold_set_is_well_formed() -> None:
 
 @pytest.fixture(scope="module")
 def gold_sentences() -> dict[tuple[int, str, int], str]:
-    path = _data_dir() / "opi-benchmark" / "train.jsonl"
-    if not path.is_file():
-        pytest.skip(f"Open-i benchmark data not found at {path} (set RADIMPRESS_DATA)")
-    wanted = {(g.idx, g.field) for g in GOLD}
-    texts: dict[tuple[int, str], str] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            for field in ("inputs", "target"):
-                if (row["idx"], field) in wanted:
-                    texts[(row["idx"], field)] = row[field]
-    out: dict[tuple[int, str, int], str] = {}
-    for g in GOLD:
-        sents = split_sentences(texts[(g.idx, g.field)])
-        sentence = sents[g.sentence_no]
-        digest = hashlib.sha256(sentence.encode("utf-8")).hexdigest()[:8]
-        assert digest == g.sha256_8, f"train idx {g.idx} {g.field} sentence {g.sentence_no}: hash drift"
-        out[(g.idx, g.field, g.sentence_no)] = sentence
-    return out
+    return load_gold_sentences(GOLD)
 
 
 def _agreement(gold: tuple[GoldSentence, ...], sentences: dict[tuple[int, str, int], str]) -> dict:
