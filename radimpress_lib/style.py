@@ -357,7 +357,10 @@ def cluster_table(model: StyleModel) -> pd.DataFrame:
     total = sum(p["n"] for p in model.profiles.values())
     rows = [{"group": g, "share": round(model.profiles[g]["n"] / total, 3), **model.profiles[g],
              "unseen": g == model.unseen} for g in model.groups]
-    return pd.DataFrame(rows).set_index("group")
+    table = pd.DataFrame(rows).set_index("group")
+    # A group without a normal-study phrase keeps None (pandas would turn it into NaN, which is not JSON).
+    table["normal_phrase"] = table["normal_phrase"].astype(object).where(table["normal_phrase"].notna(), None)
+    return table
 
 
 def cluster_examples(model: StyleModel, records: Sequence[Mapping[str, Any]], k: int = 3, seed: int = 0) -> pd.DataFrame:

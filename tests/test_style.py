@@ -131,3 +131,16 @@ def test_fit_for_run_uses_the_style_params():
     assert params.style.style_k_min <= model.k <= params.style.style_k_max and clf is not None
     with pytest.raises(ValueError, match="train reports only"):
         style.fit_for_run(records(6, split="test"), params)
+
+
+def test_cluster_table_is_json_safe_when_a_group_has_no_normal_phrase():
+    import json
+
+    train = records(30)
+    for r in train:
+        r["radiologist_id"] = {"A": "dr_a", "B": "dr_b", "C": "dr_c"}[r["style"]]
+        if r["style"] == "A":  # a reader who never writes a normal-study statement
+            r["impression"] = "Right lower lobe opacity."
+    table = style.cluster_table(style.fit_style_groups(train, unseen=None))
+    assert table.loc["dr_a", "normal_phrase"] is None
+    json.dumps(table.reset_index().to_dict(orient="records"), allow_nan=False)
