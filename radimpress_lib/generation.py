@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from radimpress_lib.config import GenerationStageConfig
-from radimpress_lib.jsonl import iter_jsonl_rows
+from radimpress_lib.jsonl import iter_jsonl_rows, write_jsonl_atomic
 from radimpress_lib.prompting import build_prompt, end_of_turn_token_ids
 
 __all__ = [
@@ -288,17 +288,14 @@ def generate_impressions(
 
 def write_predictions_jsonl(predictions: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write prediction rows as JSONL (atomically: a temp file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    def rows() -> Iterator[dict[str, Any]]:
         for i, row in enumerate(predictions):
             missing = [k for k in PREDICTION_FIELDS if k not in row]
             if missing:
                 raise ValueError(f"prediction row {i} lacks fields {missing}")
-            fh.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+            yield dict(row)
+
+    return write_jsonl_atomic(rows(), path)
 
 
 def read_predictions_jsonl(path: str | Path) -> list[dict[str, Any]]:

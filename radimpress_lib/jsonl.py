@@ -1,13 +1,13 @@
-"""Reading JSONL files whose every row must carry some fields; errors name the file, line and field."""
+"""JSONL files: atomic writing, and reading rows that must carry some fields (errors name file, line, field)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["iter_jsonl_rows"]
+__all__ = ["iter_jsonl_rows", "write_jsonl_atomic"]
 
 
 def iter_jsonl_rows(
@@ -36,3 +36,19 @@ def iter_jsonl_rows(
             if missing:
                 raise error(f"{where}: missing fields {missing}")
             yield where, row
+
+
+def write_jsonl_atomic(rows: Iterable[Any], path: str | Path) -> Path:
+    """Write one JSON object per row (UTF-8, not ASCII-escaped) to a temp file renamed into place.
+
+    The parent folder is created; a row that raises while being produced (e.g. a validating
+    generator) leaves any previous file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -19,15 +19,14 @@ which ``DPOTrainer`` and ``RewardTrainer`` read directly.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from radimpress_lib.jsonl import iter_jsonl_rows
+from radimpress_lib.jsonl import iter_jsonl_rows, write_jsonl_atomic
 from radimpress_lib.prompting import build_messages
 
 __all__ = [
@@ -98,15 +97,12 @@ def validate_pair(pair: Mapping[str, Any], where: str = "pair") -> None:
 
 def write_pairs_jsonl(pairs: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Validate and write pairs as JSONL, atomically (temp file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    def rows() -> Iterator[dict[str, Any]]:
         for i, pair in enumerate(pairs):
             validate_pair(pair, where=f"pair {i}")
-            fh.write(json.dumps({k: pair[k] for k in PAIR_FIELDS}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+            yield {k: pair[k] for k in PAIR_FIELDS}
+
+    return write_jsonl_atomic(rows(), path)
 
 
 def read_pairs_jsonl(path: str | Path) -> list[dict[str, Any]]:
