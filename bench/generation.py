@@ -93,7 +93,7 @@ def bench_variant(name: str, model: Any, tok: Any, records: list[dict[str, Any]]
     def run(batch: int) -> list[str]:
         cfg = GenerationStageConfig(gen_batch_size=batch, gen_max_new_tokens=args.max_new_tokens,
                                     gen_log_every=max(1, 8 // batch))
-        sft.configure_torch_threads(args.threads)
+        models.configure_cpu_threads(args.threads)
         load, calib = os.getloadavg()[0], calibrate()
         print(f"[{name}] batch {batch} (calibration {calib:.0f} GFLOP/s, load {load:.2f})", flush=True)
         res = generate_impressions(model, tok, records, cfg, model_name="smollm2-135m", model_config=model_cfg,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:  # radimpress_lib.models resets torch threads from OMP_NUM_THREADS when loading
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    threads = sft.configure_torch_threads(args.threads)
+    threads = models.configure_cpu_threads(args.threads)
     records, data_file = load_records(args.data_dir, args.n)
     report: dict[str, Any] = {
         "benchmark": "generation",

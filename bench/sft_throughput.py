@@ -72,7 +72,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
-        "physical_cores": sft.physical_cores(),
+        "physical_cores": models.physical_cores(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:  # radimpress_lib.models resets torch threads from OMP_NUM_THREADS when loading
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    threads = sft.configure_torch_threads(args.threads)
+    threads = models.configure_cpu_threads(args.threads)
     _, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")
     ds, stats, data_file = load_examples(args.data_dir, args.n_examples, tok, max_len=512)
     report: dict[str, Any] = {
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             for targets in args.targets:
                 for setup in args.setups:
                     run_dir = work / f"{setup}-{targets}-{rep}"
-                    sft.configure_torch_threads(args.threads)
+                    models.configure_cpu_threads(args.threads)
                     load = os.getloadavg()[0]
                     calib = calibrate()
                     print(f"[rep {rep}] {setup} targets={targets} (calibration {calib:.0f} GFLOP/s, "

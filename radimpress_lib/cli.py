@@ -459,7 +459,7 @@ def model_drafter(model: Any, tokenizer: Any, gen_cfg: Any, *, model_name: str,
     """A :data:`Drafter` decoding with :func:`radimpress_lib.generation.generate_impressions`.
 
     ``context`` adds the prompt context the model was trained with (retrieval-augmented SFT:
-    :func:`radimpress_lib.nbutils.retrieval_context_for_run`).
+    :func:`radimpress_lib.nbutils.prompt_context_for_run`).
     """
     from radimpress_lib import generation
 
@@ -621,9 +621,9 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
     if args.adapter is None or args.adapter.lower() != "none":
         from radimpress_lib import nbutils
 
-        context = nbutils.retrieval_context_for_run(params)  # the SFT prompt layout (sft_retrieval_k > 0)
+        context = nbutils.prompt_context_for_run(params)  # the SFT prompt layout (retrieval, graph text)
         if context is not None and progress:
-            progress(f"draft: retrieval context: {context.k} similar impressions from {context.n_pool} train+validate reports")
+            progress(f"draft: prompt context: {context.description}")
     drafter = model_drafter(model, tokenizer, gen_cfg, model_name=params.model.model_name, model_config=model_info,
                             context=context)
     checkers = default_checkers(include_omissions=args.flag_omissions)

@@ -138,6 +138,32 @@ class GenerationStageConfig(_Stage):
     )
 
 
+class GraphStageConfig(_Stage):
+    """Entity graph of the findings in the SFT model's input (02 and its consumers; ablation: 09)."""
+
+    graph_variant: Literal["none", "text"] = Field(
+        "none", description="graph input of the main pipeline's SFT model: none | text (linearised findings graph "
+        "in the prompt); the GNN soft-prompt variant is trained and scored by notebook 09",
+    )
+    graph_ablation_variants: list[Literal["text", "gnn"]] = Field(
+        default_factory=lambda: ["text", "gnn"],
+        description="variants notebook 09 trains with the SFT settings and compares with 'sft' (no graph) on test",
+    )
+    graph_include_normal: bool = Field(False, description="text variant: also list normal descriptors")
+    graph_max_items: int = Field(12, gt=0, description="text variant: most observation lines in the prompt")
+    graph_n_prefix: int = Field(4, gt=0, description="gnn variant: soft-prompt vectors prepended to the prompt")
+    graph_d_node: int = Field(128, gt=0, description="gnn variant: node state size")
+    graph_n_layers: int = Field(2, ge=0, description="gnn variant: message-passing layers")
+    graph_max_nodes: int = Field(48, gt=0, description="gnn variant: most nodes per graph (text order)")
+    graph_encoder_lr: float = Field(1e-3, gt=0, description="gnn variant: learning rate of the graph encoder")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GraphStageConfig":
+        if len(set(self.graph_ablation_variants)) != len(self.graph_ablation_variants):
+            raise ValueError(f"graph_ablation_variants repeats a variant: {self.graph_ablation_variants}")
+        return self
+
+
 class EvalStageConfig(_Stage):
     """Notebook 05: which systems are scored and how."""
 
@@ -348,6 +374,7 @@ STAGES: dict[str, type[_Stage]] = {
     "patient": PatientStageConfig,
     "disease": DiseaseStageConfig,
     "review": ReviewStageConfig,
+    "graph": GraphStageConfig,
 }
 
 
@@ -371,6 +398,7 @@ class Params(BaseModel):
     patient: PatientStageConfig
     disease: DiseaseStageConfig
     review: ReviewStageConfig
+    graph: GraphStageConfig
 
     def flat(self) -> dict[str, Any]:
         """The flat parameter dict, as in the YAML file."""

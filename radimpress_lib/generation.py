@@ -151,7 +151,9 @@ def generate_impressions(
     """Generate one impression per record.
 
     Args:
-        model: a causal LM (a peft model with adapters works too), fp32 on CPU.
+        model: a causal LM (a peft model with adapters works too), fp32 on CPU, or a
+            :class:`radimpress_lib.graph_encoder.GraphPrefixModel` (the findings' graph is
+            extracted from each record and encoded as its soft prompt; no prefix cache).
         tokenizer: its tokenizer (chat template; pad token or eos used for padding).
         records: canonical records (``report_id``, ``findings``; ``impression`` becomes
             the ``reference`` when present).
@@ -188,8 +190,13 @@ def generate_impressions(
     # The chat template already holds any special tokens (BOS etc.).
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(rows)), key=lambda i: (-len(encoded[i]), i))
+    from radimpress_lib.graph_encoder import GraphPrefixModel
+
+    # Graph soft prompts (notebook 09, gnn variant) come before the prompt and differ per report.
+    graph_mode = isinstance(model, GraphPrefixModel)
     # The shared prefix is prefilled once (greedy only: beam search expands the batch itself).
-    n_prefix = common_prefix_length(encoded) if cfg.gen_prefix_cache and cfg.gen_num_beams == 1 else 0
+    use_cache = cfg.gen_prefix_cache and cfg.gen_num_beams == 1 and not graph_mode
+    n_prefix = common_prefix_length(encoded) if use_cache else 0
     batches = [order[i: i + cfg.gen_batch_size] for i in range(0, len(order), cfg.gen_batch_size)]
 
     from transformers import GenerationConfig
@@ -228,10 +235,20 @@ def generate_impressions(
                     cache = copy.deepcopy(prefix_cache)
                     cache.batch_repeat_interleave(len(idx))
                     kwargs["past_key_values"] = cache
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config, **kwargs
-                )
-                gen = out[:, ids.shape[1]:].cpu()
+                if graph_mode:
+                    from radimpress_lib.graph import extract_graph_cached
+                    from radimpress_lib.graph_encoder import encode_graphs
+
+                    graphs = encode_graphs([extract_graph_cached(rows[i]["findings"]) for i in idx], tokenizer,
+                                           max_nodes=model.max_nodes)
+                    # generate() from embeddings returns the new tokens only
+                    gen = model.generate(input_ids=ids.to(device), graphs=graphs, attention_mask=mask.to(device),
+                                         generation_config=gen_config).cpu()
+                else:
+                    out = model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config, **kwargs
+                    )
+                    gen = out[:, ids.shape[1]:].cpu()
                 for row, i in enumerate(idx):
                     toks = gen[row].tolist()
                     stop = next((k for k, t in enumerate(toks) if t in end_ids), None)

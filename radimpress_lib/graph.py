@@ -95,6 +95,7 @@ __all__ = [
     "graph_scores",
     "linearize_graph",
     "set_f1",
+    "with_findings_graph",
 ]
 
 PRESENT, ABSENT, UNCERTAIN_STATUS = "present", "absent", "uncertain"
@@ -737,3 +738,21 @@ def linearize_graph(graph: EntityGraph, *, include_normal: bool = False, max_ite
     if max_items is not None:
         lines = lines[:max_items]
     return "\n".join(lines) if lines else "no findings extracted"
+
+
+def with_findings_graph(records: Iterable[Mapping[str, Any]], *, include_normal: bool = False,
+                        max_items: int | None = None) -> list[dict[str, Any]]:
+    """``records`` as dicts, each with ``findings_graph``: its findings' graph linearised as text.
+
+    The prompt slot of the graph-as-text variant (:func:`radimpress_lib.prompting.build_messages`
+    shows it after the findings); see :func:`linearize_graph` for the format.
+    """
+    rows = [dict(r) for r in records]
+    for row in rows:
+        findings = row.get("findings")
+        if not isinstance(findings, str):
+            raise ValueError(f"report_id={row.get('report_id')!r}: field 'findings' must be a string, "
+                             f"got {type(findings).__name__}")
+        row["findings_graph"] = linearize_graph(extract_graph_cached(findings), include_normal=include_normal,
+                                                max_items=max_items)
+    return rows

@@ -182,10 +182,11 @@ class GraphEncoder(nn.Module):
 class GraphPrefixModel(nn.Module):
     """A causal LM (plain or PEFT-wrapped) with graph soft prompts prepended to its input."""
 
-    def __init__(self, lm: nn.Module, encoder: GraphEncoder) -> None:
+    def __init__(self, lm: nn.Module, encoder: GraphEncoder, *, max_nodes: int = 48) -> None:
         super().__init__()
         self.lm = lm
         self.encoder = encoder
+        self.max_nodes = max_nodes
 
     def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, graphs: GraphBatch,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -210,8 +211,29 @@ class GraphPrefixModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, graphs: GraphBatch, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
-        """New tokens only (``generate`` with ``inputs_embeds`` returns no prompt tokens)."""
-        return self.lm.generate(**self._inputs(input_ids, attention_mask, graphs), **kwargs)
+        """New tokens only (``generate`` with ``inputs_embeds`` returns no prompt tokens).
+
+        ``input_ids`` may be left-padded: each row's soft prompt goes after its pads, right
+        before its first real token, so every row sees ``[prefix][prompt]`` at the positions
+        it was trained with.
+        """
+        inputs = self._inputs(input_ids, attention_mask, graphs)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()
+            n_pad = (~mask).sum(1)
+            if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None, :] >= n_pad[:, None]):
+                raise ValueError("GraphPrefixModel.generate needs left padding (pads before the prompt only)")
+            k = self.encoder.n_prefix
+            embeds, full_mask = inputs["inputs_embeds"], inputs["attention_mask"]
+            rows = []
+            for b, p in enumerate(n_pad.tolist()):
+                # [prefix][pads][prompt] -> [pads][prefix][prompt]
+                order = torch.cat([torch.arange(k, k + p), torch.arange(0, k), torch.arange(k + p, embeds.shape[1])])
+                rows.append(order)
+            order = torch.stack(rows).to(embeds.device)
+            inputs = {"inputs_embeds": torch.gather(embeds, 1, order[..., None].expand(-1, -1, embeds.shape[-1])),
+                      "attention_mask": torch.gather(full_mask, 1, order)}
+        return self.lm.generate(**inputs, **kwargs)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters plus the LM's trainable ones (the LoRA adapter under PEFT)."""

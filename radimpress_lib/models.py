@@ -78,6 +78,7 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailableError",
     "configure_cpu_threads",
+    "physical_cores",
     "default_cache_dir",
     "find_embedded_gguf",
     "get_model_spec",
@@ -308,22 +309,39 @@ _DTYPE_ALIASES = {
 }
 
 
-def configure_cpu_threads() -> int:
-    """Set torch's intra-op threads to ``$OMP_NUM_THREADS`` or the usable cores; return it."""
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads not counted)."""
+    try:
+        available = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # not Linux
+        available = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(physical, available))
+
+
+def configure_cpu_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads and return the value set.
+
+    ``n`` when given (e.g. ``sft_num_threads``), else ``$OMP_NUM_THREADS``, else the physical
+    cores this process may use (:func:`physical_cores`; hyper-threads slow fp32 matmuls down).
+    """
     import torch
 
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env:
-        try:
-            threads = int(env)
-        except ValueError:
-            raise ValueError(f"OMP_NUM_THREADS must be an integer, got {env!r}") from None
-    else:
-        try:
-            threads = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
-        except (AttributeError, OSError):
-            threads = os.cpu_count() or 1
-    threads = max(1, threads)
+    if n is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env:
+            try:
+                n = int(env)
+            except ValueError:
+                raise ValueError(f"OMP_NUM_THREADS must be an integer, got {env!r}") from None
+        else:
+            n = physical_cores()
+    threads = max(1, n)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -65,6 +65,14 @@ def write_json(path: Path, payload: Any) -> Path:
     return path
 
 
+def frame_records(frame) -> list[dict[str, Any]]:
+    """A DataFrame as JSON-ready records: missing values (NaN / NA) become None."""
+    import pandas as pd
+
+    return [{k: (None if not isinstance(v, (list, dict)) and pd.isna(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -112,19 +120,37 @@ def load_data(params: Params):
     return dsd, info
 
 
-def with_retrieval_context(params: Params, records, pool):
-    """``records`` as dicts, each with the impressions of its ``sft_retrieval_k`` nearest ``pool`` reports.
+def with_prompt_context(params: Params, records, pool, *, graph_variant: str | None = None):
+    """``records`` as dicts with the prompt context the run's SFT model is trained with.
 
-    The prompt context of retrieval-augmented SFT (see
-    :func:`radimpress_lib.baselines.with_similar_impressions`); unchanged when ``sft_retrieval_k`` is 0.
-    ``pool`` is the training split when building training/validation examples and train+validate for
-    the test split; it never holds test reports.
+    * ``sft_retrieval_k > 0``: the impressions of the k nearest ``pool`` reports
+      (:func:`radimpress_lib.baselines.with_similar_impressions`);
+    * graph variant ``text``: the linearised entity graph of the findings
+      (:func:`radimpress_lib.graph.with_findings_graph`).
+
+    ``graph_variant`` overrides ``params.graph.graph_variant`` (notebook 09 builds each variant);
+    ``none`` and ``gnn`` add no text (the GNN reads the graph itself). ``pool`` is the training
+    split when building training/validation examples and train+validate for the test split; it
+    never holds test reports.
     """
     from radimpress_lib.baselines import with_similar_impressions
 
     pool = list(pool)
     _check_pool(pool)
-    return with_similar_impressions(records, pool, params.sft.sft_retrieval_k)
+    rows = with_similar_impressions(records, pool, params.sft.sft_retrieval_k)
+    return _with_graph_text(params, rows, graph_variant)
+
+
+def _with_graph_text(params: Params, rows, graph_variant: str | None):
+    variant = graph_variant or params.graph.graph_variant
+    if variant not in ("none", "text", "gnn"):
+        raise ValueError(f"graph variant must be none, text or gnn, got {variant!r}")
+    if variant != "text":
+        return [dict(r) for r in rows]
+    from radimpress_lib.graph import with_findings_graph
+
+    return with_findings_graph(rows, include_normal=params.graph.graph_include_normal,
+                               max_items=params.graph.graph_max_items)
 
 
 def _check_pool(pool) -> None:
@@ -132,20 +158,35 @@ def _check_pool(pool) -> None:
         raise ValueError("the retrieval pool holds test-split reports; use train (+validate) only")
 
 
-def retrieval_context_for_run(params: Params):
-    """The run's retrieval context (train + validate pool) for new reports, or None when ``sft_retrieval_k`` is 0.
+def prompt_context_for_run(params: Params):
+    """The run's prompt context for new reports (records -> records), or None when it adds nothing.
 
     Used where the SFT model drafts reports outside the notebooks (``radimpress draft``): it needs
-    the same prompt context as in training, so the run's data folder must be available.
+    the same prompt context as in training (:func:`with_prompt_context`), so with
+    ``sft_retrieval_k > 0`` the run's data folder must be available (train + validate pool).
+    The returned callable has ``description`` (one line for logs).
     """
-    if not params.sft.sft_retrieval_k:
+    k = params.sft.sft_retrieval_k
+    graph_text = params.graph.graph_variant == "text"
+    if not k and not graph_text:
         return None
-    from radimpress_lib.baselines import RetrievalContext
+    retrieval = None
+    if k:
+        from radimpress_lib.baselines import RetrievalContext
 
-    dsd, _info = load_data(params)
-    pool = list(dsd["train"]) + list(dsd["validate"])
-    _check_pool(pool)
-    return RetrievalContext(pool, params.sft.sft_retrieval_k)
+        dsd, _info = load_data(params)
+        pool = list(dsd["train"]) + list(dsd["validate"])
+        _check_pool(pool)
+        retrieval = RetrievalContext(pool, k)
+
+    def context(records):
+        rows = retrieval(records) if retrieval is not None else [dict(r) for r in records]
+        return _with_graph_text(params, rows, None)
+
+    parts = ([f"{k} similar impressions from {retrieval.n_pool} train+validate reports"] if retrieval else []) + (
+        ["linearised findings graph"] if graph_text else [])
+    context.description = "; ".join(parts)
+    return context
 
 
 def load_base_model(params: Params, *, padding_side: str = "left"):

@@ -6,8 +6,9 @@ personalisation stage, so a model is always asked the same question:
 * **system**: the task instruction, plus an optional *style* paragraph (a radiologist id,
   a style prefix or k example impressions written by that radiologist);
 * **user**: the clinical data that are known (modality, body part, indication,
-  comparison) and the findings; optionally (retrieval-augmented prompts) the impressions
-  of the k most similar training reports, after the findings;
+  comparison) and the findings; optionally the findings' entity graph as text (one line
+  per observation) and (retrieval-augmented prompts) the impressions of the k most
+  similar training reports, after the findings;
 * **assistant**: the impression (only in training examples).
 
 Prompts are rendered with the tokenizer's own chat template
@@ -58,6 +59,10 @@ SYSTEM_PROMPT = (
 #: :func:`radimpress_lib.baselines.with_similar_impressions`).
 SIMILAR_HEADING = "Impressions of similar reports:"
 
+#: Heading of the linearised entity graph of the findings (graph-as-text prompts), shown after the
+#: findings when a record carries ``findings_graph`` (see :func:`radimpress_lib.graph.with_findings_graph`).
+GRAPH_HEADING = "Entity graph of the findings:"
+
 #: Heading of the style paragraph appended to the system message when a style is given.
 STYLE_HEADING = "Write the impression in this style:"
 
@@ -102,6 +107,12 @@ def _user_message(record: Mapping[str, Any], findings: str | None = None) -> str
             lines.append(f"{label}: {value}")
     body = _text(record, "findings") if findings is None else findings
     lines.append(f"Findings: {body}")
+    graph_text = record.get("findings_graph")
+    if graph_text:
+        if not isinstance(graph_text, str):
+            raise PromptError(f"{_report_id(record)}: field 'findings_graph' must be a string (a linearised graph)")
+        lines.append(GRAPH_HEADING)
+        lines.append(graph_text.strip())
     similar = record.get("similar_impressions")
     if similar:
         if isinstance(similar, str) or not all(isinstance(s, str) for s in similar):

@@ -352,14 +352,15 @@ def train_reward_model(causal_lm: Any, tokenizer: Any, train_pairs: Sequence[Map
     from peft import LoraConfig
     from trl import RewardConfig, RewardTrainer
 
-    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars, configure_torch_threads
+    from radimpress_lib.models import configure_cpu_threads
+    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars
 
     log = log or _default_log
     if not train_pairs:
         raise ValueError("no train pairs for the reward model")
     if next(causal_lm.parameters()).dtype != torch.float32 and not torch.cuda.is_available():
         raise ValueError("reward-model training on CPU is fp32 only")
-    configure_torch_threads()
+    configure_cpu_threads()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rm = reward_model_from_causal_lm(causal_lm, seed)

@@ -183,14 +183,15 @@ def train_dpo(model: Any, tokenizer: Any, pairs: Sequence[Mapping[str, Any]], cf
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
+    from radimpress_lib.models import configure_cpu_threads
     from radimpress_lib.reward import lora_layers
-    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars, configure_torch_threads
+    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars
 
     log = log or _default_log
     if not pairs:
         raise ValueError("no preference pairs for DPO")
     _check_fp32(model)
-    configure_torch_threads()
+    configure_cpu_threads()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     on_cuda = torch.cuda.is_available()
@@ -402,7 +403,8 @@ def train_rl(model: Any, tokenizer: Any, prompts: datasets.Dataset, rewards: Rew
     from accelerate.utils import is_peft_model
     from transformers.trainer_callback import PrinterCallback
 
-    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars, configure_torch_threads
+    from radimpress_lib.models import configure_cpu_threads
+    from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars
 
     log = log or _default_log
     if not is_peft_model(model):
@@ -410,7 +412,7 @@ def train_rl(model: Any, tokenizer: Any, prompts: datasets.Dataset, rewards: Rew
     if len(prompts) == 0:
         raise ValueError("no RL prompts")
     _check_fp32(model)
-    configure_torch_threads()
+    configure_cpu_threads()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     on_cuda = torch.cuda.is_available()

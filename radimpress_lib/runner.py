@@ -42,12 +42,36 @@ def select_notebooks(notebooks: list[Path], only: list[str] | None) -> list[Path
     return chosen
 
 
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widget_state(nb) -> int:
+    """Drop ipywidgets state from an executed notebook (in place); returns the outputs changed.
+
+    The saved widget state (``metadata.widgets``) holds every widget model of the session
+    (megabytes for the review notebook) and cannot be replayed without the kernel; widget
+    outputs keep their ``text/plain`` fallback, so the rendered notebook stays readable.
+    """
+    nb.metadata.pop("widgets", None)
+    changed = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data")
+            if data and WIDGET_VIEW_MIME in data:
+                del data[WIDGET_VIEW_MIME]
+                changed += 1
+    return changed
+
+
 def render_html(notebook: Path) -> Path:
-    """Render an executed notebook to HTML beside it."""
+    """Strip widget state from an executed notebook, then render it to HTML beside it."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
+    had_state = "widgets" in nb.metadata
+    if strip_widget_state(nb) or had_state:
+        nbformat.write(nb, notebook)
     body, _ = HTMLExporter().from_notebook_node(nb)
     out = notebook.with_suffix(".html")
     out.write_text(body, encoding="utf-8")

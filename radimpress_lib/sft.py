@@ -62,6 +62,7 @@ from transformers.trainer_callback import PrinterCallback, TrainerControl, Train
 from transformers.trainer_utils import get_last_checkpoint
 
 from radimpress_lib.config import SFTStageConfig
+from radimpress_lib.models import configure_cpu_threads
 from radimpress_lib.prompting import IGNORE_INDEX, SFTDatasetStats, build_sft_dataset
 
 __all__ = [
@@ -72,8 +73,6 @@ __all__ = [
     "make_lora_config",
     "qlora_quantization_config",
     "load_unsloth_model",
-    "physical_cores",
-    "configure_torch_threads",
     "TextProgressCallback",
     "completion_loss",
     "apply_adapter",
@@ -119,28 +118,6 @@ class SFTResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def physical_cores() -> int:
-    """Physical CPU cores available to this process (hyper-threads not counted)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        available = os.cpu_count() or 1
-    try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False) or available
-    except ImportError:
-        physical = available
-    return max(1, min(physical, available))
-
-
-def configure_torch_threads(n: int | None = None) -> int:
-    """Set torch intra-op threads to ``n`` (default: physical cores); returns the value set."""
-    n = n or physical_cores()
-    torch.set_num_threads(n)
-    return n
 
 
 def _default_log(line: str) -> None:
@@ -512,7 +489,7 @@ def train_sft(
     if cfg.sft_use_unsloth:
         _require_cuda("sft_use_unsloth=True")
     _check_precision(model, on_cuda)
-    threads = configure_torch_threads(cfg.sft_num_threads)
+    threads = configure_cpu_threads(cfg.sft_num_threads)
 
     output_dir = Path(output_dir)
     ckpt_dir = output_dir / "checkpoints"

@@ -243,14 +243,14 @@ def tiny_adapter(tmp_path_factory):
 
 
 def test_cli_file_mode_with_adapter(tmp_path, tiny_adapter, capsys, monkeypatch):
-    from radimpress_lib import baselines, nbutils, prompting
+    from radimpress_lib import nbutils, prompting
 
     # ci-tiny trains with retrieval context (sft_retrieval_k > 0): drafts get the same prompt layout, from a
     # synthetic train+validate pool here (the real one comes from the run's data folder).
     pool = [{"findings": "Heart normal. No effusion.", "impression": "No acute disease."},
             {"findings": "Right lower lobe consolidation.", "impression": "Right lower lobe pneumonia."},
             {"findings": "Clear lungs.", "impression": "Normal chest."}]
-    monkeypatch.setattr(nbutils, "retrieval_context_for_run", lambda params: baselines.RetrievalContext(pool, 2))
+    monkeypatch.setattr(nbutils, "load_data", lambda params: ({"train": pool[:2], "validate": pool[2:]}, {}))
     seen: list[str] = []
     real_build_prompt = prompting.build_prompt
     monkeypatch.setattr("radimpress_lib.generation.build_prompt",
@@ -270,7 +270,7 @@ def test_cli_file_mode_with_adapter(tmp_path, tiny_adapter, capsys, monkeypatch)
     assert all(isinstance(r["draft"], str) and isinstance(r["flags"], list) and r["n_new_tokens"] <= 4 for r in rows)
     err = capsys.readouterr().err
     assert "draft: batch 2 | 3 reports" in err and "draft: done, 3 drafts" in err
-    assert "retrieval context: 2 similar impressions from 3" in err
+    assert "prompt context: 2 similar impressions from 3 train+validate reports" in err
     assert len(seen) == 3 and all(prompting.SIMILAR_HEADING in p for p in seen)
     assert "- Right lower lobe pneumonia." in seen[1]
 

@@ -122,6 +122,9 @@ def test_configure_cpu_threads_respects_omp(monkeypatch) -> None:
         monkeypatch.setenv("OMP_NUM_THREADS", "lots")
         with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
             md.configure_cpu_threads()
+        assert md.configure_cpu_threads(2) == 2 and torch.get_num_threads() == 2  # explicit n (sft_num_threads) wins
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert md.configure_cpu_threads() == md.physical_cores() >= 1
     finally:
         torch.set_num_threads(before)
 

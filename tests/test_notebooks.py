@@ -71,3 +71,10 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     figures = {p.stem for p in (out / "figures").iterdir()}
     assert {"token_lengths", "indication_categories", "mesh_terms", "impression_templates"} <= figures
     assert json.loads((out / "timings.json").read_text()).keys() == timings.keys()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for system in ("sft_graph_text", "sft_graph_gnn"):  # notebook 09, the entity-graph ablation
+        assert {"rougeL", "rougeL_ci", "graph_f1", "graph_f1_ci", "negation_flip_rate", "hallucinated_finding_rate",
+                "omitted_finding_rate"} <= set(metrics[system])
+    ablation = json.loads((out / "graph_ablation.json").read_text())
+    assert [r["system"] for r in ablation["table"]] == ["sft", "sft_graph_text", "sft_graph_gnn"]
+    assert all(ablation["train"][s]["wall_time_s"] > 0 for s in ("sft", "sft_graph_text", "sft_graph_gnn"))
