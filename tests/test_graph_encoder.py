@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graph_fixtures import RECORDS
+from graph_fixtures import tiny_llama as _tiny
 from peft import LoraConfig, get_peft_model
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from radimpress_lib import prompting
 from radimpress_lib.graph import EntityGraph, extract_graph
@@ -15,25 +17,6 @@ from radimpress_lib.graph_encoder import GraphEncoder, GraphPrefixModel, encode_
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_tokenizer_dir):
     return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-
-
-def _tiny(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).float()
-
-
-RECORDS = [
-    {"report_id": "a", "findings": "Small left pleural effusion. The heart is normal in size.",
-     "impression": "Small left pleural effusion."},
-    {"report_id": "b", "findings": "Right lower lobe opacity, likely pneumonia. No pneumothorax.",
-     "impression": "Right lower lobe pneumonia."},
-    {"report_id": "c", "findings": "The lungs are clear. No pleural effusion or pneumothorax.",
-     "impression": "No acute cardiopulmonary abnormality."},
-    {"report_id": "d", "findings": "Mild cardiomegaly. Lungs are clear.", "impression": "Mild cardiomegaly."},
-]
 
 
 def test_encode_graphs_dedups_and_handles_empty(tokenizer) -> None:

@@ -7,7 +7,9 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from graph_fixtures import RECORDS
+from graph_fixtures import tiny_llama as _tiny
+from transformers import AutoTokenizer
 
 from radimpress_lib import config, nbutils, prompting
 from radimpress_lib.config import GenerationStageConfig, GraphStageConfig, SFTStageConfig
@@ -16,31 +18,12 @@ from radimpress_lib.graph import extract_graph, linearize_graph, with_findings_g
 from radimpress_lib.graph_encoder import GraphEncoder, GraphPrefixModel
 from radimpress_lib.graph_sft import length_grouped_batches, load_graph_prefix_model, train_graph_prefix_sft
 
-RECORDS = [
-    {"report_id": "a", "findings": "Small left pleural effusion. The heart is normal in size.",
-     "impression": "Small left pleural effusion."},
-    {"report_id": "b", "findings": "Right lower lobe opacity, likely pneumonia. No pneumothorax.",
-     "impression": "Right lower lobe pneumonia."},
-    {"report_id": "c", "findings": "The lungs are clear. No pleural effusion or pneumothorax.",
-     "impression": "No acute cardiopulmonary abnormality."},
-    {"report_id": "d", "findings": "Mild cardiomegaly. Lungs are clear. Stable left basilar atelectasis.",
-     "impression": "Mild cardiomegaly."},
-]
-
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     tok.padding_side = "left"
     return tok
-
-
-def _tiny(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).float().eval()
 
 
 def test_graph_text_slot_in_prompt(tokenizer) -> None:
