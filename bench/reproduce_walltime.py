@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = params.output_dir
     before = None if args.collect else calibrate()  # a calibration now says nothing about a past run
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    earlier: dict[str, float] = {}
     if args.collect:
         timings = _read_json(out_dir / "timings.json")
         if not timings:
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.notebooks:
             timings = {k: v for k, v in timings.items() if k in args.notebooks or k[:2] in args.notebooks}
     else:
-        timings = runner.run(args.model, notebooks=args.notebooks)
+        recorded = runner.run(args.model, notebooks=args.notebooks)
+        # runner.run returns every timing in timings.json; keep only the notebooks run now
+        ran = {nb.stem for nb in runner.select_notebooks(runner.numbered_notebooks(), args.notebooks)}
+        timings = {k: v for k, v in recorded.items() if k in ran}
+        earlier = {k: v for k, v in recorded.items() if k not in ran}
     after = None if args.collect else calibrate()
     total = round(sum(timings.values()), 1)
     result = {
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "fine_seconds": round(sum(v for k, v in timings.items() if k[:2] in ("01", "02", "03", "04", "05")), 1),
         "recorded_by_notebooks": recorded_throughput(out_dir),
     }
+    if earlier:
+        result["earlier_runs_not_counted"] = earlier
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
