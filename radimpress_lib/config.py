@@ -170,6 +170,16 @@ class EvalStageConfig(_Stage):
     eval_n_boot: int = Field(1000, gt=0, description="paired-bootstrap resamples for CIs and p-values")
     eval_zero_shot: bool = Field(True, description="also decode the test split with the base instruct model")
     eval_worst_k: int = Field(10, gt=0, description="worst examples (by ROUGE-L) shown for the SFT model")
+    eval_guard_candidates: int = Field(
+        4, ge=0, description="factual guard (radimpress_lib.factual_guard): beam candidates re-ranked for each "
+        "model draft whose entity graph contradicts the findings (negation flip), scored as '<system>_guarded'; 0: off",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalStageConfig":
+        if self.eval_guard_candidates == 1:
+            raise ValueError("eval_guard_candidates must be 0 (off) or >= 2 (beam candidates to choose from)")
+        return self
 
 
 class DraftStageConfig(_Stage):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import json
 
 import nbformat
@@ -75,6 +76,13 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     for system in ("sft_graph_text", "sft_graph_gnn"):  # notebook 09, the entity-graph ablation
         assert {"rougeL", "rougeL_ci", "graph_f1", "graph_f1_ci", "negation_flip_rate", "hallucinated_finding_rate",
                 "omitted_finding_rate"} <= set(metrics[system])
+    # notebook 05's factual guard: guarded systems scored beside the raw ones, with the labeler's flip rate
+    guard_rows = {r["system"]: r for r in csv.DictReader((out / "factual_guard.csv").open())}
+    assert {"sft_guarded", "fine_dpo_guarded", "fine_rl_guarded"} <= set(guard_rows)
+    for name, row in guard_rows.items():
+        assert int(row["n_fixed"]) + int(row["n_unresolved"]) == int(row["n_flagged"]) <= 16
+        assert {"rougeL", "negation_flip_rate", "negation_flip_rate_labeler"} <= set(metrics[name])
+        assert "negation_flip_rate_labeler" in metrics[name.removesuffix("_guarded")]
     ablation = json.loads((out / "graph_ablation.json").read_text())
     assert [r["system"] for r in ablation["table"]] == ["sft", "sft_graph_text", "sft_graph_gnn"]
     assert all(ablation["train"][s]["wall_time_s"] > 0 for s in ("sft", "sft_graph_text", "sft_graph_gnn"))
