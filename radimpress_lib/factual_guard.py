@@ -28,7 +28,7 @@ import torch
 
 from radimpress_lib import graph
 from radimpress_lib.generation import LogFn, _default_log, write_predictions_jsonl
-from radimpress_lib.prompting import build_prompt, end_of_turn_token_ids
+from radimpress_lib.prompting import build_prompt, cut_at_end, end_of_turn_token_ids, pad_token_id
 
 __all__ = ["GuardResult", "draft_conflicts", "guard_predictions", "guard_table", "labeler_flip_rate"]
 
@@ -70,17 +70,14 @@ class GuardResult:
 
 def _candidates(model: Any, tokenizer: Any, prompt: str, n: int, max_new_tokens: int) -> list[str]:
     end_ids = end_of_turn_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    pad_id = pad_token_id(tokenizer, end_ids)
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     device = next(model.parameters()).device
     out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                          max_new_tokens=max_new_tokens, num_beams=n, num_return_sequences=n, do_sample=False,
                          early_stopping=True, eos_token_id=end_ids, pad_token_id=pad_id)
-    texts = []
-    for seq in out[:, ids.shape[1]:].cpu().tolist():
-        stop = next((k for k, t in enumerate(seq) if t in end_ids), None)
-        texts.append(tokenizer.decode(seq if stop is None else seq[:stop], skip_special_tokens=True).strip())
-    return texts
+    return [tokenizer.decode(cut_at_end(seq, end_ids)[0], skip_special_tokens=True).strip()
+            for seq in out[:, ids.shape[1]:].cpu().tolist()]
 
 
 def guard_predictions(
@@ -113,7 +110,8 @@ def guard_predictions(
     for row, rec in zip(rows, records):
         if str(row["report_id"]) != str(rec.get("report_id")):
             raise ValueError(f"prediction {row['report_id']!r} does not match record {rec.get('report_id')!r}")
-    flagged = [i for i, (r, p) in enumerate(zip(records, rows)) if draft_conflicts(r["findings"], p["prediction"])[0]]
+    conflicts = [draft_conflicts(r["findings"], p["prediction"]) for r, p in zip(records, rows)]
+    flagged = [i for i, (flips, _) in enumerate(conflicts) if flips]
     log(f"guard: {len(flagged)}/{len(rows)} drafts contradict their findings (negation flip); "
         f"re-ranking {n_candidates} beam candidates each")
     fixed, changes = 0, []
@@ -122,8 +120,7 @@ def guard_predictions(
     try:
         with torch.inference_mode():
             for k, i in enumerate(flagged, start=1):
-                rec, original = records[i], rows[i]["prediction"]
-                _, halluc0 = draft_conflicts(rec["findings"], original)
+                rec, original, halluc0 = records[i], rows[i]["prediction"], conflicts[i][1]
                 prompt = build_prompt(tokenizer, rec, None if styles is None else styles[i])
                 chosen = None
                 for rank, cand in enumerate(_candidates(model, tokenizer, prompt, n_candidates, max_new_tokens)):

@@ -39,7 +39,7 @@ import torch
 
 from radimpress_lib.config import GenerationStageConfig
 from radimpress_lib.jsonl import iter_jsonl_rows, write_jsonl_atomic
-from radimpress_lib.prompting import build_prompt, end_of_turn_token_ids
+from radimpress_lib.prompting import build_prompt, cut_at_end, end_of_turn_token_ids, pad_token_id
 
 __all__ = [
     "GenerationResult",
@@ -185,7 +185,7 @@ def generate_impressions(
     phash = params_hash(cfg, model_config)
 
     end_ids = end_of_turn_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    pad_id = pad_token_id(tokenizer, end_ids)
     prompts = [build_prompt(tokenizer, r, None if styles is None else styles[i]) for i, r in enumerate(rows)]
     # The chat template already holds any special tokens (BOS etc.).
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -251,12 +251,11 @@ def generate_impressions(
                     gen = out[:, ids.shape[1]:].cpu()
                 for row, i in enumerate(idx):
                     toks = gen[row].tolist()
-                    stop = next((k for k, t in enumerate(toks) if t in end_ids), None)
-                    kept = toks if stop is None else toks[:stop]
+                    kept, stopped = cut_at_end(toks, end_ids)
                     # Trailing pads after the stop token (other sequences still running) are dropped above.
                     text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-                    new_tokens += len(kept) + (stop is not None)
-                    not_stopped += stop is None
+                    new_tokens += len(kept) + stopped
+                    not_stopped += not stopped
                     record = rows[i]
                     results[i] = {
                         "report_id": report_ids[i],
@@ -266,7 +265,7 @@ def generate_impressions(
                         "params_hash": phash,
                         "n_prompt_tokens": len(encoded[i]),
                         "n_new_tokens": len(kept),
-                        "stopped": stop is not None,
+                        "stopped": stopped,
                     }
                 if b % cfg.gen_log_every == 0 or b == len(batches):
                     done = sum(len(x) for x in batches[:b])

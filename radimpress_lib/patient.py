@@ -489,10 +489,10 @@ def llm_rewrites(model: Any, tokenizer: Any, glossary_texts: Sequence[str], *, m
     """Greedy LLM rewrites of glossary-simplified impressions (batched, left-padded, fp32 on CPU)."""
     import torch
 
-    from radimpress_lib.prompting import end_of_turn_token_ids
+    from radimpress_lib.prompting import cut_at_end, end_of_turn_token_ids, pad_token_id
 
     end_ids = end_of_turn_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    pad_id = pad_token_id(tokenizer, end_ids)
     prompts = [tokenizer.apply_chat_template(build_patient_messages(t), tokenize=False, add_generation_prompt=True)
                for t in glossary_texts]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -511,9 +511,8 @@ def llm_rewrites(model: Any, tokenizer: Any, glossary_texts: Sequence[str], *, m
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id)
             for row, i in enumerate(idx):
-                toks = gen[row, width:].tolist()
-                stop = next((k for k, t in enumerate(toks) if t in end_ids), len(toks))
-                out[i] = _clean(tokenizer.decode(toks[:stop], skip_special_tokens=True))
+                kept, _ = cut_at_end(gen[row, width:].tolist(), end_ids)
+                out[i] = _clean(tokenizer.decode(kept, skip_special_tokens=True))
             if log is not None:
                 log(f"patient: rewrote {idx[-1] + 1}/{len(prompts)} impressions")
     return out

@@ -40,7 +40,9 @@ __all__ = [
     "build_prompt",
     "build_sft_example",
     "build_sft_dataset",
+    "cut_at_end",
     "end_of_turn_token_ids",
+    "pad_token_id",
 ]
 
 #: Label of tokens that do not contribute to the loss (PyTorch / transformers convention).
@@ -196,6 +198,17 @@ def end_of_turn_token_ids(tokenizer: Any) -> list[int]:
     if not ids:
         raise PromptError("tokenizer has neither an end-of-turn token nor an eos token")
     return ids
+
+
+def pad_token_id(tokenizer: Any, end_ids: Sequence[int]) -> int:
+    """The tokenizer's pad id, or the first end-of-turn id when it has none (padding for generation)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+
+
+def cut_at_end(tokens: Sequence[int], end_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """Generated tokens up to (not including) the first end-of-turn id, and whether one was found."""
+    stop = next((k for k, t in enumerate(tokens) if t in end_ids), None)
+    return (list(tokens) if stop is None else list(tokens[:stop])), stop is not None
 
 
 def _ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
