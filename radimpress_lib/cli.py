@@ -122,6 +122,8 @@ class DraftSummary:
     skipped: Counter = field(default_factory=Counter)
     wall_time_s: float = 0.0
     n_batches: int = 0
+    n_guard_rewritten: int = 0
+    n_guard_unresolved: int = 0
 
     @property
     def reports_per_s(self) -> float:
@@ -134,6 +136,7 @@ class DraftSummary:
             "n_read": self.n_read, "n_drafted": self.n_drafted, "n_flagged": self.n_flagged, "n_flags": self.n_flags,
             "flags_by_kind": dict(self.flags_by_kind), "skipped": dict(self.skipped),
             "wall_time_s": self.wall_time_s, "reports_per_s": self.reports_per_s, "n_batches": self.n_batches,
+            "n_guard_rewritten": self.n_guard_rewritten, "n_guard_unresolved": self.n_guard_unresolved,
         }
 
 
@@ -455,21 +458,35 @@ def _graph_flag_function(include_omissions: bool = False) -> Callable[[str, str]
 
 def model_drafter(model: Any, tokenizer: Any, gen_cfg: Any, *, model_name: str,
                   model_config: Mapping[str, Any] | None = None,
-                  context: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> Drafter:
+                  context: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+                  guard_candidates: int = 0) -> Drafter:
     """A :data:`Drafter` decoding with :func:`radimpress_lib.generation.generate_impressions`.
 
     ``context`` adds the prompt context the model was trained with (retrieval-augmented SFT:
-    :func:`radimpress_lib.nbutils.prompt_context_for_run`).
+    :func:`radimpress_lib.nbutils.prompt_context_for_run`). ``guard_candidates >= 2`` turns on
+    the factual guard (:func:`radimpress_lib.factual_guard.guard_predictions`): a draft whose
+    entity graph contradicts its findings is re-decoded with that many beams and replaced by
+    the best-ranked candidate without the contradiction; such a draft carries
+    ``guard: {original, beam_rank}`` (``beam_rank`` None: no candidate resolved it).
     """
     from radimpress_lib import generation
+
+    if guard_candidates == 1 or guard_candidates < 0:
+        raise ValueError(f"guard candidates must be 0 (off) or >= 2, got {guard_candidates}")
 
     def draft(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # generate_impressions keys its rows by report_id: use batch positions (input ids may repeat).
         keyed = [dict(r, report_id=str(i)) for i, r in enumerate(context(records) if context else records)]
         result = generation.generate_impressions(model, tokenizer, keyed, gen_cfg, model_name=model_name,
                                                  model_config=model_config, log=lambda _line: None)
-        return [{"draft": p["prediction"], "stopped": p["stopped"], "n_new_tokens": p["n_new_tokens"]}
-                for p in result.predictions]
+        predictions = result.predictions
+        if guard_candidates:
+            from radimpress_lib.factual_guard import guard_predictions
+
+            predictions = guard_predictions(model, tokenizer, keyed, predictions, n_candidates=guard_candidates,
+                                            max_new_tokens=gen_cfg.gen_max_new_tokens, log=lambda _line: None).predictions
+        return [{"draft": p["prediction"], "stopped": p["stopped"], "n_new_tokens": p["n_new_tokens"],
+                 **({"guard": p["guard"]} if "guard" in p else {})} for p in predictions]
 
     return draft
 
@@ -520,6 +537,10 @@ def draft_stream(
             summary.n_flags += len(flags)
             summary.n_flagged += bool(flags)
             summary.flags_by_kind.update(f["kind"] for f in flags)
+            if "guard" in out:
+                rewritten = out["guard"].get("beam_rank") is not None
+                summary.n_guard_rewritten += rewritten
+                summary.n_guard_unresolved += not rewritten
         summary.n_batches += 1
         summary.wall_time_s = time.perf_counter() - t0
         if progress is not None:
@@ -581,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-reports", type=int, default=None, help="most reports accepted (default draft_max_reports)")
     d.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted by reason) instead of stopping")
     d.add_argument("--flag-omissions", action="store_true", help="also flag findings the draft leaves out")
+    d.add_argument("--guard", type=int, default=0, metavar="N",
+                   help="factual guard: re-decode a draft that contradicts its findings (negation flip) with N "
+                        "beams and keep the best candidate without the contradiction (0: off; e.g. 4)")
     d.add_argument("--indication", default=None, help="indication for a plain-text report on stdin")
     d.add_argument("--comparison", default=None, help="comparison for a plain-text report on stdin")
     d.add_argument("--radiologist-id", default=None, help="radiologist id for a plain-text report on stdin")
@@ -597,6 +621,8 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
     """The ``draft`` command (see :func:`main`)."""
     for name in ("limit", "batch_size", "max_new_tokens", "max_chars", "max_reports"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    if args.guard == 1 or args.guard < 0:
+        raise InputError(f"--guard must be 0 (off) or at least 2 beam candidates, got {args.guard}")
     params = _load_params(args.model)
     dcfg = params.draft
     limits = InputLimits(max_chars=args.max_chars or dcfg.draft_max_chars,
@@ -625,10 +651,11 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
         if context is not None and progress:
             progress(f"draft: prompt context: {context.description}")
     drafter = model_drafter(model, tokenizer, gen_cfg, model_name=params.model.model_name, model_config=model_info,
-                            context=context)
+                            context=context, guard_candidates=args.guard)
     checkers = default_checkers(include_omissions=args.flag_omissions)
     if progress:
-        progress(f"draft: checkers {[n for n, _ in checkers]}; batch size {batch_size}; limits {limits}")
+        progress(f"draft: checkers {[n for n, _ in checkers]}; batch size {batch_size}; limits {limits}"
+                 + (f"; factual guard: {args.guard} beam candidates" if args.guard else ""))
     out_fh: IO[str]
     close = args.output not in (None, "-")
     if close:
@@ -652,6 +679,8 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
     if progress:
         progress(f"draft: done, {summary.n_drafted} drafts ({summary.n_flagged} flagged, {summary.n_flags} flags "
                  f"{dict(summary.flags_by_kind)}) in {summary.wall_time_s:.1f}s, {summary.reports_per_s:.2f} reports/s"
+                 + (f"; guard rewrote {summary.n_guard_rewritten}, unresolved {summary.n_guard_unresolved}"
+                    if args.guard else "")
                  + (f"; skipped/notes: {dict(skipped)}" if skipped else ""))
     return summary
 

@@ -247,6 +247,10 @@ class DiseaseStageConfig(_Stage):
 class StyleStageConfig(_Stage):
     """Radiologist style groups, style classifier and style slot of the prompt (notebooks 01, 03-05)."""
 
+    style_group_method: Literal["readers", "impressions"] = Field(
+        "readers", description="readers: k-means on impressions with a normal-study statement, other reports by "
+        "their findings phrasing; impressions: k-means on every impression (see radimpress_lib.style)"
+    )
     style_k_min: int = Field(3, ge=2, description="fewest pseudo-radiologist groups tried (k-means)")
     style_k_max: int = Field(8, ge=2, description="most groups tried; K = argmax mean silhouette (ties: smaller K)")
     style_silhouette_sample: int = Field(2000, gt=10, description="train impressions the silhouette is computed on")
@@ -268,17 +272,17 @@ class RewardStageConfig(_Stage):
     """Notebook 03: reward model (TRL RewardTrainer, LoRA + trained score head) on style and factual pairs."""
 
     rm_train_pairs: int = Field(160, gt=0, description="train-split pairs (half style, half factual)")
-    rm_eval_pairs: int = Field(64, gt=0, description="held-out validation-split pairs (half style, half factual)")
+    rm_eval_pairs: int = Field(128, gt=0, description="held-out validation-split pairs (half style, half factual)")
     rm_max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
     rm_lora_r: int = Field(8, gt=0, description="LoRA rank")
     rm_lora_alpha: int = Field(16, gt=0, description="LoRA alpha")
     rm_lora_last_layers: int | None = Field(
         4, gt=0, description="LoRA only on the last N decoder layers (backward stops there; CPU speed); null: all"
     )
-    rm_learning_rate: float = Field(1e-3, gt=0)
+    rm_learning_rate: float = Field(3e-3, gt=0)
     rm_epochs: float = Field(1.0, gt=0, description="epochs over the train pairs (ignored when rm_max_steps > 0)")
     rm_max_steps: int = Field(-1, description="optimizer steps; -1: rm_epochs")
-    rm_per_device_batch: int = Field(8, gt=0, description="pairs per optimizer step")
+    rm_per_device_batch: int = Field(4, gt=0, description="pairs per optimizer step")
     rm_center_rewards: float | None = Field(0.01, description="TRL center_rewards_coefficient (null: off)")
     rm_logging_steps: int = Field(2, gt=0)
 

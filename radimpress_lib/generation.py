@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -44,7 +45,9 @@ from radimpress_lib.prompting import build_prompt, cut_at_end, end_of_turn_token
 __all__ = [
     "GenerationResult",
     "GenerationStageConfig",
+    "cache_kwarg",
     "generate_impressions",
+    "left_pad",
     "params_hash",
     "read_predictions_jsonl",
     "write_predictions_jsonl",
@@ -102,7 +105,8 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, width]`` token ids left-padded with ``pad_id`` and their attention mask (1 on real tokens)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -127,12 +131,22 @@ def common_prefix_length(seqs: Sequence[Sequence[int]], min_len: int = 8) -> int
     return k if k >= min_len else 0
 
 
+def cache_kwarg(model: Any) -> str:
+    """Name of the KV-cache argument of ``model``'s forward and ``generate``.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns and goes in
+    5.40); earlier 5.x releases only know ``past_key_values``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _prefix_cache(model: Any, prefix: Sequence[int], device: torch.device) -> Any:
     """KV cache of ``prefix`` (batch 1)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([list(prefix)], device=device), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{cache_kwarg(model): cache})
     return cache
 
 
@@ -225,7 +239,7 @@ def generate_impressions(
             prefix_cache = _prefix_cache(model, encoded[0][:n_prefix], device) if n_prefix else None
             for b, idx in enumerate(batches, start=1):
                 # [prefix][left pads][suffix]: the pads sit after the cached prefix, masked out.
-                ids, mask = _left_pad([encoded[i][n_prefix:] for i in idx], pad_id)
+                ids, mask = left_pad([encoded[i][n_prefix:] for i in idx], pad_id)
                 padded += ids.numel() + n_prefix * len(idx)
                 real += int(mask.sum()) + n_prefix * len(idx)
                 kwargs: dict[str, Any] = {}
@@ -234,7 +248,7 @@ def generate_impressions(
                     mask = torch.cat([torch.ones(len(idx), n_prefix, dtype=mask.dtype), mask], dim=1)
                     cache = copy.deepcopy(prefix_cache)
                     cache.batch_repeat_interleave(len(idx))
-                    kwargs["past_key_values"] = cache
+                    kwargs[cache_kwarg(model)] = cache
                 if graph_mode:
                     from radimpress_lib.graph import extract_graph_cached
                     from radimpress_lib.graph_encoder import encode_graphs

@@ -489,6 +489,7 @@ def llm_rewrites(model: Any, tokenizer: Any, glossary_texts: Sequence[str], *, m
     """Greedy LLM rewrites of glossary-simplified impressions (batched, left-padded, fp32 on CPU)."""
     import torch
 
+    from radimpress_lib.generation import left_pad
     from radimpress_lib.prompting import cut_at_end, end_of_turn_token_ids, pad_token_id
 
     end_ids = end_of_turn_token_ids(tokenizer)
@@ -502,12 +503,8 @@ def llm_rewrites(model: Any, tokenizer: Any, glossary_texts: Sequence[str], *, m
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             idx = list(range(start, min(start + batch_size, len(prompts))))
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]):] = 1
+            ids, mask = left_pad([encoded[i] for i in idx], pad_id)
+            width = ids.shape[1]
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id)
             for row, i in enumerate(idx):

@@ -10,12 +10,27 @@ punctuation habits. This module
    domain, noun), numbering, sentence count, words per sentence, length, punctuation
    (double periods, commas, semicolons/colons, missing final period), hedging words,
    "there is" phrasing, comparison words, upper-case words;
-2. induces **K pseudo-radiologist groups** by k-means on those features, fitted on the
-   *train* split only (:func:`fit_style_groups`). K is chosen over
-   ``style_k_min..style_k_max`` by the mean silhouette score (seeded, on at most
-   ``style_silhouette_sample`` impressions); ties go to the smaller K. Groups are named
-   ``R1..RK`` by decreasing size. When the data carry a ``radiologist_id`` (a user's own
-   reports, see :mod:`radimpress_lib.schema`), those ids are the groups instead;
+2. induces **K pseudo-radiologist groups** from the *train* split only
+   (:func:`fit_style_groups`). K is chosen over ``style_k_min..style_k_max`` by the mean
+   silhouette score (seeded, on at most ``style_silhouette_sample`` impressions); ties go
+   to the smaller K. Groups are named ``R1..RK`` by decreasing size. Two methods
+   (``style_group_method``):
+
+   * ``readers`` (default): k-means on the style features of the impressions that carry a
+     normal-study statement, the part of an impression that is pure reader template. An
+     impression without one ("Right lower lobe pneumonia.") says little about who wrote it,
+     and clustering it by its features makes a group of *abnormal reports* (content, not a
+     reader). Such a report is instead given to a reader by how its **findings** are
+     written: a classifier of content-masked findings phrasing (each reader dictates their
+     own findings boilerplate), trained on the template reports, assigns it. Every group
+     then holds a reader's normal and abnormal reports. :meth:`StyleModel.reader_agreement`
+     measures the findings classifier against the impression template on held-out
+     template reports;
+   * ``impressions``: k-means on the style features of every impression (the first
+     version; it forms one group of abnormal impressions without a normal statement).
+
+   When the data carry a ``radiologist_id`` (a user's own reports, see
+   :mod:`radimpress_lib.schema`), those ids are the groups instead;
 3. trains a **style classifier** (TF-IDF word + character n-grams, logistic regression) on
    *content-masked* train impressions (:func:`mask_content`: CheXpert observation mentions
    found by :mod:`radimpress_lib.labeler`, an anatomy lexicon and measurements are replaced
@@ -55,6 +70,7 @@ __all__ = [
     "fewshot_style",
     "fit_style_classifier",
     "fit_style_groups",
+    "group_checks",
     "mask_content",
     "normal_statement",
     "restyle",
@@ -215,7 +231,7 @@ def mask_content(text: str) -> str:
 class StyleModel:
     """Radiologist groups fitted on the train split: how to assign a report, and each group's profile."""
 
-    method: str  # "clusters" | "radiologist_id"
+    method: str  # "readers" | "clusters" (impressions only) | "radiologist_id"
     groups: list[str]
     profiles: dict[str, dict[str, Any]]
     k_scores: list[dict[str, float]] = field(default_factory=list)
@@ -223,6 +239,7 @@ class StyleModel:
     seed: int = 0
     _kmeans: Any = None
     _order: dict[int, str] = field(default_factory=dict)
+    _findings_clf: Any = None  # readers: content-masked findings phrasing -> group
 
     @property
     def k(self) -> int:
@@ -235,7 +252,14 @@ class StyleModel:
         return [g for g in self.groups if g != self.unseen]
 
     def assign(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Group of each record: its ``radiologist_id`` (id method) or the nearest cluster of its impression."""
+        """Group of each record.
+
+        * ``radiologist_id``: the record's id;
+        * ``clusters``: the nearest cluster of its impression's style features;
+        * ``readers``: the nearest cluster when the impression has a normal-study statement,
+          otherwise the group the findings phrasing classifier gives its findings (the
+          nearest cluster when the findings are empty).
+        """
         if self.method == "radiologist_id":
             out = []
             for i, r in enumerate(records):
@@ -245,21 +269,58 @@ class StyleModel:
                                      "but the style groups are radiologist ids")
                 out.append(str(rid))
             return out
-        return self.assign_texts([r["impression"] for r in records])
+        out = self.assign_texts([r["impression"] for r in records])
+        if self.method == "readers":
+            by_findings = [i for i, r in enumerate(records)
+                           if normal_statement(r["impression"]) is None and (r.get("findings") or "").strip()]
+            if by_findings:
+                predicted = self._findings_clf.predict([mask_content(records[i]["findings"]) for i in by_findings])
+                for i, g in zip(by_findings, predicted):
+                    out[i] = str(g)
+        return out
 
     def assign_texts(self, impressions: Sequence[str]) -> list[str]:
-        """Nearest cluster of each impression (cluster method only)."""
-        if self.method != "clusters":
-            raise ValueError("assign_texts needs the cluster method; radiologist ids come from the records")
+        """Nearest cluster of each impression's style features (cluster and reader methods)."""
+        if self.method not in ("clusters", "readers"):
+            raise ValueError("assign_texts needs a cluster method; radiologist ids come from the records")
         if not impressions:
             return []
         return [self._order[int(c)] for c in self._kmeans.predict(feature_matrix(impressions))]
+
+    def reader_agreement(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """How well findings phrasing alone recovers the reader (``readers`` method).
+
+        On the records whose impression has a normal-study statement (their group is known
+        from the impression template), the share whose findings classifier group equals the
+        template group, beside the majority-group share. Use held-out (validate) records.
+        """
+        if self.method != "readers":
+            raise ValueError("reader_agreement needs the readers method")
+        rows = [r for r in records if normal_statement(r["impression"]) is not None and (r.get("findings") or "").strip()]
+        if not rows:
+            return {"n": 0, "agreement": None, "majority": None}
+        template = self.assign_texts([r["impression"] for r in rows])
+        predicted = [str(g) for g in self._findings_clf.predict([mask_content(r["findings"]) for r in rows])]
+        majority = Counter(template).most_common(1)[0][1] / len(rows)
+        return {"n": len(rows), "agreement": float(np.mean([a == b for a, b in zip(template, predicted)])),
+                "majority": float(majority)}
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable description (method, K, silhouette per K, group sizes, unseen group)."""
         return {"method": self.method, "k": self.k, "groups": self.groups, "unseen": self.unseen,
                 "k_scores": self.k_scores,
                 "sizes": {g: self.profiles[g]["n"] for g in self.groups}}
+
+    def assignment_counts(self, records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        """How the records' groups were decided: by the impression template, by the findings phrasing, or by id."""
+        if self.method == "radiologist_id":
+            return {"radiologist_id": len(records)}
+        if self.method == "clusters":
+            return {"impression_template": len(records)}
+        template = sum(normal_statement(r["impression"]) is not None for r in records)
+        empty = sum(normal_statement(r["impression"]) is None and not (r.get("findings") or "").strip() for r in records)
+        return {"impression_template": template, "findings_phrasing": len(records) - template - empty,
+                "impression_features_no_findings": empty}
 
 
 def _profile(impressions: Sequence[str]) -> dict[str, Any]:
@@ -295,19 +356,29 @@ def _choose_unseen(profiles: Mapping[str, Mapping[str, Any]], groups: Sequence[s
     return min(candidates, key=lambda g: (profiles[g]["n"], g)) if candidates else None
 
 
+GROUP_METHODS = ("readers", "impressions")
+
+
 def fit_style_groups(train_records: Sequence[Mapping[str, Any]], *, k_min: int = 3, k_max: int = 8,
-                     seed: int = 0, silhouette_sample: int = 2000, unseen: str | None = "auto") -> StyleModel:
-    """Pseudo-radiologist groups from the train impressions (or their ``radiologist_id`` when present).
+                     seed: int = 0, silhouette_sample: int = 2000, unseen: str | None = "auto",
+                     method: str = "readers", classifier_c: float = 4.0) -> StyleModel:
+    """Pseudo-radiologist groups from the train reports (or their ``radiologist_id`` when present).
 
     Args:
-        train_records: canonical train records (``impression``; ``radiologist_id`` used when every
-            record has one).
+        train_records: canonical train records (``impression``, ``findings``; ``radiologist_id``
+            used when every record has one).
         k_min, k_max: range of K tried; the K with the highest mean silhouette wins (ties: smaller K).
         seed: k-means and silhouette-sample seed.
         silhouette_sample: impressions the silhouette is computed on (it is quadratic).
         unseen: group held out as the "unseen radiologist" (few-shot case): "auto" (the
             smallest group with >= 5% of the reports, when K >= 3), a group name, or None.
+        method: "readers" (k-means on the impressions with a normal-study statement, the rest
+            assigned by findings phrasing) or "impressions" (k-means on every impression); see
+            the module docstring.
+        classifier_c: inverse L2 strength of the findings phrasing classifier (readers).
     """
+    if method not in GROUP_METHODS:
+        raise ValueError(f"style_group_method={method!r}: expected one of {list(GROUP_METHODS)}")
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
@@ -326,12 +397,15 @@ def fit_style_groups(train_records: Sequence[Mapping[str, Any]], *, k_min: int =
                          "or for none (then style groups are induced by clustering)")
     if not 2 <= k_min <= k_max:
         raise ValueError(f"need 2 <= style_k_min <= style_k_max, got {k_min}, {k_max}")
-    x = feature_matrix(impressions)
-    n_distinct = len(np.unique(x, axis=0))
-    k_max = min(k_max, n_distinct - 1, len(impressions) - 1)
+    template = [normal_statement(t) is not None for t in impressions]
+    clustered = [t for t, has in zip(impressions, template) if has] if method == "readers" else impressions
+    what = "train impressions with a normal-study statement" if method == "readers" else "train impressions"
+    x = feature_matrix(clustered) if clustered else np.zeros((0, len(FEATURE_NAMES)))
+    n_distinct = len(np.unique(x, axis=0)) if len(x) else 0
+    k_max = min(k_max, n_distinct, len(clustered) - 1)
     if k_max < k_min:
-        raise ValueError(f"only {n_distinct} distinct style-feature vectors among {len(impressions)} train "
-                         f"impressions: cannot form {k_min} groups")
+        raise ValueError(f"only {n_distinct} distinct style-feature vectors among {len(clustered)} {what}: "
+                         f"cannot form {k_min} groups (style_group_method={method!r})")
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(x), size=min(silhouette_sample, len(x)), replace=False)
     scores, fits = [], {}
@@ -343,13 +417,63 @@ def fit_style_groups(train_records: Sequence[Mapping[str, Any]], *, k_min: int =
         fits[k] = km
     best = max(scores, key=lambda d: (d["silhouette"], -d["k"]))["k"]
     km = fits[best]
-    sizes = Counter(int(c) for c in km.labels_)
+    findings_clf = None
+    if method == "readers":
+        with_findings = [(r["findings"], int(c)) for r, c in
+                         zip((r for r, has in zip(train_records, template) if has), km.labels_)
+                         if (r.get("findings") or "").strip()]
+        if len({c for _, c in with_findings}) < 2:
+            raise ValueError("style_group_method='readers' needs train findings for at least two template groups")
+        findings_clf = _text_classifier(seed, classifier_c).fit(
+            [mask_content(f) for f, _ in with_findings], [c for _, c in with_findings])
+        # every train report's group, as assign() gives it: its template cluster, else its findings
+        # phrasing, else (no findings) the nearest cluster of its impression features
+        clusters = iter(int(c) for c in km.labels_)
+        raw = [next(clusters) if has else -1 for has in template]
+        by_findings = [i for i, c in enumerate(raw) if c < 0 and (train_records[i].get("findings") or "").strip()]
+        for i, c in zip(by_findings, findings_clf.predict([mask_content(train_records[i]["findings"])
+                                                           for i in by_findings]) if by_findings else []):
+            raw[i] = int(c)
+        rest = [i for i, c in enumerate(raw) if c < 0]
+        for i, c in zip(rest, km.predict(feature_matrix([impressions[i] for i in rest])) if rest else []):
+            raw[i] = int(c)
+    else:
+        raw = [int(c) for c in km.labels_]
+    sizes = Counter(raw)  # every cluster has members: k-means labels its own points
     order = {c: f"R{i + 1}" for i, (c, _) in enumerate(sorted(sizes.items(), key=lambda x: (-x[1], x[0])))}
     groups = [order[c] for c in sorted(order, key=lambda c: order[c][1:].zfill(3))]
-    labels = [order[int(c)] for c in km.labels_]
+    labels = [order[c] for c in raw]
     profiles = {g: _profile([t for t, lab in zip(impressions, labels) if lab == g]) for g in groups}
-    return StyleModel("clusters", groups, profiles, k_scores=scores, unseen=_choose_unseen(profiles, groups, unseen),
-                      seed=seed, _kmeans=km, _order=order)
+    if findings_clf is not None:
+        findings_clf = _Relabel(findings_clf, order)
+    return StyleModel("readers" if method == "readers" else "clusters", groups, profiles, k_scores=scores,
+                      unseen=_choose_unseen(profiles, groups, unseen), seed=seed, _kmeans=km, _order=order,
+                      _findings_clf=findings_clf)
+
+
+@dataclass
+class _Relabel:
+    """A fitted classifier of cluster numbers that predicts group names."""
+
+    pipeline: Any
+    order: dict[int, str]
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [self.order[int(c)] for c in self.pipeline.predict(list(texts))]
+
+
+def _text_classifier(seed: int, c: float):
+    """TF-IDF word 1-2-grams (placeholders as tokens) + character 2-4-grams, logistic regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"<\w+>|\w+|[^\w\s]", lowercase=True,
+                        sublinear_tf=True, min_df=2),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=False, sublinear_tf=True, min_df=2),
+    )
+    return make_pipeline(features, LogisticRegression(C=c, max_iter=3000, random_state=seed))
 
 
 def cluster_table(model: StyleModel) -> pd.DataFrame:
@@ -403,22 +527,42 @@ class StyleClassifier:
 def fit_style_classifier(impressions: Sequence[str], groups: Sequence[str], *, seed: int = 0,
                          c: float = 4.0) -> StyleClassifier:
     """Fit the style classifier on (train) impressions and their groups."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
-
     if len(impressions) != len(groups):
         raise ValueError(f"{len(impressions)} impressions for {len(groups)} groups")
     if len(set(groups)) < 2:
         raise ValueError("the style classifier needs at least two groups")
-    features = make_union(
-        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"<\w+>|\w+|[^\w\s]", lowercase=True,
-                        sublinear_tf=True, min_df=2),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=False, sublinear_tf=True, min_df=2),
-    )
-    pipe = make_pipeline(features, LogisticRegression(C=c, max_iter=3000, random_state=seed))
+    pipe = _text_classifier(seed, c)
     pipe.fit([mask_content(t) for t in impressions], list(groups))
     return StyleClassifier(pipe, sorted(set(groups)))
+
+
+def group_checks(model: StyleModel, clf: StyleClassifier, splits: Mapping[str, Sequence[Mapping[str, Any]]]
+                 ) -> pd.DataFrame:
+    """Per split: how the groups were assigned and how recognisable each kind of report is.
+
+    Columns: ``n``; the :meth:`StyleModel.assignment_counts`; the style classifier's accuracy
+    on the references overall, on those with a normal-study statement (``acc_template``) and on
+    those without (``acc_no_template``: readers' abnormal impressions, the hard case); and for
+    the readers method the findings-phrasing agreement with the impression template and the
+    majority share it is to be compared with.
+    """
+    rows = []
+    for name, records in splits.items():
+        records = list(records)
+        groups = model.assign(records)
+        has = [normal_statement(r["impression"]) is not None for r in records]
+        hit = [p == g for p, g in zip(clf.predict([r["impression"] for r in records]), groups)]
+        row: dict[str, Any] = {"split": name, "n": len(records), **model.assignment_counts(records),
+                               "acc": float(np.mean(hit)) if hit else None}
+        for key, want in (("acc_template", True), ("acc_no_template", False)):
+            sub = [h for h, t in zip(hit, has) if t == want]
+            row[key] = float(np.mean(sub)) if sub else None
+        if model.method == "readers":
+            agreement = model.reader_agreement(records)
+            row["findings_vs_template_agreement"] = agreement["agreement"]
+            row["majority_share"] = agreement["majority"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("split")
 
 
 # --------------------------------------------------------------------------- style strings
@@ -496,7 +640,8 @@ def fit_for_run(train_records: Sequence[Mapping[str, Any]], params: Any, *, clas
         raise ValueError("style groups are fitted on train reports only")
     s, seed = params.style, params.run.run_seed
     model = fit_style_groups(train_records, k_min=s.style_k_min, k_max=s.style_k_max, seed=seed,
-                             silhouette_sample=s.style_silhouette_sample, unseen=s.style_unseen_group)
+                             silhouette_sample=s.style_silhouette_sample, unseen=s.style_unseen_group,
+                             method=s.style_group_method, classifier_c=s.style_classifier_c)
     clf = None
     if classifier:
         clf = fit_style_classifier([r["impression"] for r in train_records], model.assign(train_records), seed=seed,

@@ -275,6 +275,49 @@ def test_cli_file_mode_with_adapter(tmp_path, tiny_adapter, capsys, monkeypatch)
     assert "- Right lower lobe pneumonia." in seen[1]
 
 
+def test_cli_guard_rewrites_a_contradicting_draft(tmp_path, monkeypatch, capsys):
+    from radimpress_lib import factual_guard, generation
+
+    # the model's first draft says the opposite of the findings; the guard's beam candidates are faked
+    real_generate = generation.generate_impressions
+
+    def flipped(model, tokenizer, rows, cfg, **kw):
+        result = real_generate(model, tokenizer, rows, cfg, **kw)
+        result.predictions = [dict(p, prediction="Large right pneumothorax." if "No pneumothorax" in r["findings"]
+                                   else "Mild cardiomegaly.") for p, r in zip(result.predictions, rows)]
+        return result
+
+    asked = []
+
+    def candidates(model, tok, prompt, n, max_new_tokens):
+        asked.append(n)
+        return ["Right pneumothorax.", "No pneumothorax."]
+
+    monkeypatch.setattr(generation, "generate_impressions", flipped)
+    monkeypatch.setattr(factual_guard, "_candidates", candidates)
+    inp = _write_jsonl(tmp_path / "reports.jsonl", [
+        {"findings": "No pneumothorax. Heart size is normal.", "report_id": "flip"},
+        {"findings": "Mild cardiomegaly. The lungs are clear.", "report_id": "ok"},
+    ])
+    out = tmp_path / "drafts.jsonl"
+    args = ["draft", str(inp), "-o", str(out), "--model", "ci-tiny", "--adapter", "none", "--max-new-tokens", "3"]
+    assert cli.main([*args, "--guard", "3"]) == 0
+    rows = {r["report_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert asked == [3]  # only the contradicting draft is re-decoded
+    assert rows["flip"]["draft"] == "No pneumothorax." and not rows["flip"]["needs_review"]
+    assert rows["flip"]["guard"] == {"original": "Large right pneumothorax.", "beam_rank": 1}
+    assert rows["ok"]["draft"] == "Mild cardiomegaly." and "guard" not in rows["ok"]
+    err = capsys.readouterr().err
+    assert "factual guard: 3 beam candidates" in err and "guard rewrote 1, unresolved 0" in err
+    # without --guard the contradiction is written as drafted, flagged for review
+    assert cli.main(args) == 0
+    rows = {r["report_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["flip"]["draft"] == "Large right pneumothorax." and rows["flip"]["needs_review"]
+    assert "guard" not in rows["flip"] and asked == [3]
+    assert cli.main([*args, "--guard", "1"]) == 2
+    assert "--guard must be 0 (off) or at least 2" in capsys.readouterr().err
+
+
 def test_cli_stdin_mode_and_errors(tmp_path, monkeypatch, capsys):
     stdin = io.TextIOWrapper(io.BufferedReader(io.BytesIO(b"Heart size normal. No pneumothorax.\n")))
     monkeypatch.setattr(sys, "stdin", stdin)

@@ -112,6 +112,20 @@ def test_prefix_cache_gives_the_same_tokens_and_logs_it(model, tokenizer):
     assert beams.prefix_tokens == 0
 
 
+def test_prefix_cache_uses_the_current_cache_argument_without_deprecation_warnings(model, tokenizer):
+    import inspect
+    import warnings
+
+    name = generation.cache_kwarg(model)
+    assert name in inspect.signature(model.forward).parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated 'past_key_values' would raise here
+        generation.generate_impressions(
+            model, tokenizer, _records()[:2], GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=3),
+            model_name="tiny", log=lambda s: None,
+        )
+
+
 def test_beam_search_batched_equals_one_by_one(model, tokenizer):
     recs = _records()[:4]
     cfgs = [GenerationStageConfig(gen_batch_size=b, gen_max_new_tokens=6, gen_num_beams=3) for b in (4, 1)]

@@ -37,25 +37,56 @@ def test_mask_content_hides_findings_and_places_but_keeps_the_template():
     assert style.mask_content("Right lower lobe pneumonia.") == style.mask_content("Left upper lobe atelectasis.")
 
 
-def test_groups_recover_the_reader_templates_and_are_seeded():
+@pytest.mark.parametrize("method", ["readers", "impressions"])
+def test_groups_recover_the_reader_templates_and_are_seeded(method):
     train = records(90)
     truth = [r["style"] for r in train]
-    free = style.fit_style_groups(train, k_min=2, k_max=5, seed=0, unseen=None)
+    free = style.fit_style_groups(train, k_min=2, k_max=5, seed=0, unseen=None, method=method)
     best = max(free.k_scores, key=lambda d: (d["silhouette"], -d["k"]))
     assert best["k"] == free.k and [d["k"] for d in free.k_scores] == [2, 3, 4, 5] and free.k >= 3
     # K by silhouette may split a reader's normal and abnormal impressions, but never mixes readers
     assert homogeneity_score(truth, free.assign(train)) == pytest.approx(1.0)
-    model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen=None)
+    model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen=None, method=method)
     assigned = model.assign(train)
     assert adjusted_rand_score(truth, assigned) == 1.0
-    assert model.k == 3 and model.method == "clusters"
+    assert model.k == 3 and model.method == {"readers": "readers", "impressions": "clusters"}[method]
     sizes = [model.profiles[g]["n"] for g in model.groups]
     assert sizes == sorted(sizes, reverse=True) and model.groups == ["R1", "R2", "R3"]
-    again = style.fit_style_groups(train, k_min=2, k_max=5, seed=0, unseen=None)
+    again = style.fit_style_groups(train, k_min=2, k_max=5, seed=0, unseen=None, method=method)
     assert again.assign(train) == free.assign(train)
     # new impressions in a known template go to that template's group
     fresh = records(6, seed=5, split="validate")
     assert adjusted_rand_score([r["style"] for r in fresh], model.assign(fresh)) == 1.0
+
+
+def test_reader_groups_place_bare_abnormal_impressions_by_findings_phrasing():
+    # abnormal impressions carry no template: clustering impressions makes one "abnormal" group
+    # of all readers (content, not a reader); the reader method places them by the findings
+    train, fresh = records(120, readers=True), records(30, seed=7, split="validate", readers=True)
+    truth = [r["style"] for r in train]
+    readers = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen=None)
+    assert readers.method == "readers"
+    assert adjusted_rand_score(truth, readers.assign(train)) == 1.0
+    assert adjusted_rand_score([r["style"] for r in fresh], readers.assign(fresh)) == 1.0
+    # each reader group holds both normal and abnormal reports
+    assert all(0.3 < readers.profiles[g]["normal_share"] < 0.7 for g in readers.groups)
+    assert readers.assignment_counts(fresh) == {"impression_template": 15, "findings_phrasing": 15,
+                                                "impression_features_no_findings": 0}
+    agreement = readers.reader_agreement(fresh)
+    assert agreement["n"] == 15 and agreement["agreement"] == 1.0 and agreement["majority"] == pytest.approx(5 / 15)
+    # without findings, a bare impression falls back to its own features (the nearest template cluster)
+    bare = [dict(fresh[1], findings="")]
+    assert readers.assign(bare)[0] in readers.groups
+    assert readers.assignment_counts(bare)["impression_features_no_findings"] == 1
+
+    clusters = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen=None, method="impressions")
+    abnormal = [g for g, r in zip(clusters.assign(train), train) if style.normal_statement(r["impression"]) is None]
+    assert len(set(abnormal)) == 1  # every reader's abnormal report in one content-defined group
+    assert adjusted_rand_score(truth, clusters.assign(train)) < 0.5
+    with pytest.raises(ValueError, match="readers method"):
+        clusters.reader_agreement(fresh)
+    with pytest.raises(ValueError, match="style_group_method"):
+        style.fit_style_groups(train, method="findings")
 
 
 def test_unseen_group_and_bad_settings():
@@ -144,3 +175,19 @@ def test_cluster_table_is_json_safe_when_a_group_has_no_normal_phrase():
     table = style.cluster_table(style.fit_style_groups(train, unseen=None))
     assert table.loc["dr_a", "normal_phrase"] is None
     json.dumps(table.reset_index().to_dict(orient="records"), allow_nan=False)
+
+
+def test_group_checks_report_assignment_and_accuracy_by_kind():
+    train, fresh = records(120, readers=True), records(30, seed=7, split="validate", readers=True)
+    model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen=None)
+    clf = style.fit_style_classifier([r["impression"] for r in train], model.assign(train), seed=0)
+    checks = style.group_checks(model, clf, {"train": train, "validate": fresh})
+    row = checks.loc["validate"]
+    assert row["n"] == 30 and row["impression_template"] == 15 and row["findings_phrasing"] == 15
+    assert row["acc_template"] == 1.0 and row["findings_vs_template_agreement"] == 1.0
+    # a bare "Cardiomegaly." cannot tell its reader: chance level, and the overall accuracy is the mix
+    assert row["acc_no_template"] < 0.7
+    assert row["acc"] == pytest.approx((row["acc_template"] + row["acc_no_template"]) / 2)
+    clusters = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen=None, method="impressions")
+    plain = style.group_checks(clusters, clf, {"validate": fresh})
+    assert "findings_vs_template_agreement" not in plain.columns and plain.loc["validate", "impression_template"] == 30
