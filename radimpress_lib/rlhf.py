@@ -563,13 +563,37 @@ def test_style_slots(model: style.StyleModel, records: Sequence[Mapping[str, Any
     return targets, slots, [g == model.unseen for g in targets]
 
 
+def template_insertion(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """How often the drafts carry a normal-study statement, overall and where the reference has none.
+
+    ``normal_statement_added_rate`` is the share of the reports whose reference impression has no
+    normal-study statement (:func:`radimpress_lib.style.normal_statement`; mostly abnormal
+    studies) for which the draft adds one. A fine stage rewarded for a reader's style can learn
+    to append that reader's normal phrase to every impression: template exploitation that the
+    length and distinct-impression ratios do not see. Both rates in percent.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    has_pred = [style.normal_statement(p) is not None for p in predictions]
+    bare = [i for i, r in enumerate(references) if style.normal_statement(r) is None]
+    return {"normal_statement_rate": 100.0 * float(np.mean(has_pred)) if predictions else None,
+            "normal_statement_added_rate": 100.0 * float(np.mean([has_pred[i] for i in bare])) if bare else None,
+            "n_references_without_normal_statement": len(bare)}
+
+
 def style_evaluation(classifier: style.StyleClassifier, systems: Mapping[str, Sequence[str]], targets: Sequence[str],
                      references: Sequence[str], *, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """``style_accuracy`` (classifier says the target radiologist) and ``length_ratio`` (words) with bootstrap CIs."""
+    """``style_accuracy`` (classifier says the target radiologist) and ``length_ratio`` (words) with bootstrap CIs.
+
+    Each system also gets :func:`template_insertion`'s rates, and ``style_accuracy_template`` /
+    ``style_accuracy_no_template``: the accuracy on the reports whose reference has a
+    normal-study statement (the reader's template is visible) and on those without one.
+    """
     rng = np.random.default_rng(seed)
     n = len(targets)
     idx = rng.integers(0, n, size=(n_boot, n)) if n else np.zeros((0, 0), dtype=int)
     ref_words = np.array([_words(r) for r in references], dtype=float)
+    ref_template = np.array([style.normal_statement(r) is not None for r in references], dtype=bool)
     out = {}
     for name, preds in systems.items():
         if len(preds) != n:
@@ -582,7 +606,10 @@ def style_evaluation(classifier: style.StyleClassifier, systems: Mapping[str, Se
                      "style_accuracy_ci": [float(np.percentile(acc, 2.5)), float(np.percentile(acc, 97.5))] if n else None,
                      "length_ratio": float(words.sum() / max(ref_words.sum(), 1e-9)) if n else None,
                      "length_ratio_ci": [float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5))] if n else None,
-                     "n_style": n}
+                     "n_style": n,
+                     "style_accuracy_template": float(hit[ref_template].mean()) if ref_template.any() else None,
+                     "style_accuracy_no_template": float(hit[~ref_template].mean()) if (~ref_template).any() else None,
+                     **template_insertion(list(preds), list(references))}
     return out
 
 

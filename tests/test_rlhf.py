@@ -131,6 +131,10 @@ def test_style_evaluation_and_tables(style_model):
     assert scores["wrong"]["style_accuracy"] < 0.5
     lo, hi = scores["wrong"]["style_accuracy_ci"]
     assert lo <= scores["wrong"]["style_accuracy"] <= hi
+    # every synthetic impression carries its reader's normal phrase: nothing to add, all template
+    assert scores["reference"]["normal_statement_rate"] == 100.0
+    assert scores["reference"]["normal_statement_added_rate"] is None
+    assert scores["reference"]["style_accuracy_template"] == 1.0 and scores["reference"]["style_accuracy_no_template"] is None
     table = rlhf.per_radiologist_table(clf, systems, targets, refs, unseen)
     assert set(table["radiologist"]) == set(targets) and len(table) == 2 * len(set(targets))
     per = {name: metrics.compute_per_example(p, refs, [r["findings"] for r in test], embed_model=False)
@@ -138,6 +142,19 @@ def test_style_evaluation_and_tables(style_model):
     content = rlhf.content_by_radiologist(per, list(systems), targets, unseen, n_boot=30, seed=0)
     ref_rows = content[content["system"] == "reference"]
     assert np.allclose(ref_rows["rougeL"], 100.0) and (ref_rows["n"].sum() == len(test))
+
+
+def test_template_insertion_counts_normal_phrases_added_to_abnormal_studies():
+    refs = ["Right lower lobe pneumonia.", "Cardiomegaly.", "No acute disease.", "Small left effusion."]
+    drafts = ["Right lower lobe pneumonia. No acute disease.", "Cardiomegaly.", "No acute disease.",
+              "No acute cardiopulmonary abnormality."]
+    got = rlhf.template_insertion(drafts, refs)
+    assert got["n_references_without_normal_statement"] == 3
+    assert got["normal_statement_added_rate"] == pytest.approx(200 / 3)  # reports 1 and 4
+    assert got["normal_statement_rate"] == 75.0
+    assert rlhf.template_insertion(refs, refs)["normal_statement_added_rate"] == 0.0
+    with pytest.raises(ValueError, match="3 predictions for 4"):
+        rlhf.template_insertion(drafts[:3], refs)
 
 
 def test_unseen_radiologist_gets_fewshot_slot():
