@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -441,22 +442,30 @@ class RewardScorer:
 
     @torch.inference_mode()
     def __call__(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[float]:
+        """One score per (prompt, completion), in input order.
+
+        Texts are batched by token length (longest first), so a batch pads to about its own
+        length: the same scores as input-order batches (tested), with less padding computed.
+        """
         texts = self.texts(prompts, completions)
         device = next(self.model.parameters()).device
-        out: list[float] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        for i in range(0, len(texts), self.batch_size):
-            enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i:i + self.batch_size]]
-            if self.max_length:
-                enc = [e[-self.max_length:] for e in enc]
-            width = max(map(len, enc))
-            ids = torch.full((len(enc), width), pad, dtype=torch.long)
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if self.max_length:
+            encoded = [e[-self.max_length:] for e in encoded]
+        order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+        out: list[float] = [math.nan] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for row, e in enumerate(enc):  # right padding: the score is read at the last non-pad token
-                ids[row, :len(e)] = torch.tensor(e)
-                mask[row, :len(e)] = 1
+            for row, i in enumerate(idx):  # right padding: the score is read at the last non-pad token
+                ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, :len(encoded[i])] = 1
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out.extend(float(x) for x in logits[:, 0].float().cpu())
+            for i, x in zip(idx, logits[:, 0].float().cpu()):
+                out[i] = float(x)
         return out
 
 

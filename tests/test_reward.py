@@ -109,6 +109,11 @@ def test_reward_model_trains_saves_head_and_reloads(style_model, tiny, tmp_path)
     assert any("score" in n for n in trained_names) and all("layers.0." not in n for n in trained_names)
     scorer = reward.RewardScorer(rm, tokenizer, batch_size=3)
     scores = reward.score_pairs(scorer, pairs)
+    # length-sorted batches give each text its own score back, in input order (one at a time: no padding)
+    singles = reward.score_pairs(reward.RewardScorer(rm, tokenizer, batch_size=1), pairs)
+    for col in ("reward_chosen", "reward_rejected"):
+        assert (singles[col] - scores[col]).abs().max() < 1e-4
+    assert scores["reward_chosen"].nunique() > 1
     reloaded = reward.load_reward_model(model, tmp_path / "adapter", seed=0)
     assert not torch.allclose(reloaded.score.weight, init)  # the trained head was saved (modules_to_save)
     again = reward.score_pairs(reward.RewardScorer(reloaded, tokenizer, batch_size=8), pairs)
