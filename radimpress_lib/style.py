@@ -271,8 +271,7 @@ class StyleModel:
             return out
         out = self.assign_texts([r["impression"] for r in records])
         if self.method == "readers":
-            by_findings = [i for i, r in enumerate(records)
-                           if normal_statement(r["impression"]) is None and (r.get("findings") or "").strip()]
+            by_findings = [i for i, r in enumerate(records) if _route(r) == "findings_phrasing"]
             if by_findings:
                 predicted = self._findings_clf.predict([mask_content(records[i]["findings"]) for i in by_findings])
                 for i, g in zip(by_findings, predicted):
@@ -317,10 +316,18 @@ class StyleModel:
             return {"radiologist_id": len(records)}
         if self.method == "clusters":
             return {"impression_template": len(records)}
-        template = sum(normal_statement(r["impression"]) is not None for r in records)
-        empty = sum(normal_statement(r["impression"]) is None and not (r.get("findings") or "").strip() for r in records)
-        return {"impression_template": template, "findings_phrasing": len(records) - template - empty,
-                "impression_features_no_findings": empty}
+        routes = Counter(map(_route, records))
+        return {route: routes.get(route, 0) for route in _ROUTES}
+
+
+_ROUTES = ("impression_template", "findings_phrasing", "impression_features_no_findings")
+
+
+def _route(record: Mapping[str, Any]) -> str:
+    """How the readers method decides a record's group (one of :data:`_ROUTES`)."""
+    if normal_statement(record["impression"]) is not None:
+        return "impression_template"
+    return "findings_phrasing" if (record.get("findings") or "").strip() else "impression_features_no_findings"
 
 
 def _profile(impressions: Sequence[str]) -> dict[str, Any]:
