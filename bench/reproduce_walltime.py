@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         if not timings:
             raise SystemExit(f"{out_dir / 'timings.json'}: no timings; run `make reproduce MODEL={args.model}` first")
         if args.notebooks:
-            timings = {k: v for k, v in timings.items() if k in args.notebooks or k[:2] in args.notebooks}
+            recorded = timings
+            timings = {k: v for k, v in recorded.items() if k in args.notebooks or k[:2] in args.notebooks}
+            earlier = {k: v for k, v in recorded.items() if k not in timings}
     else:
         recorded = runner.run(args.model, notebooks=args.notebooks)
         # runner.run returns every timing in timings.json; keep only the notebooks run now

@@ -271,9 +271,13 @@ class StyleStageConfig(_Stage):
 class RewardStageConfig(_Stage):
     """Notebook 03: reward model (TRL RewardTrainer, LoRA + trained score head) on style and factual pairs."""
 
-    rm_train_pairs: int = Field(160, gt=0, description="train-split pairs (half style, half factual)")
+    rm_train_pairs: int = Field(256, gt=0, description="train-split pairs (half style, half factual)")
     rm_eval_pairs: int = Field(128, gt=0, description="held-out validation-split pairs (half style, half factual)")
     rm_max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
+    rm_prompt_similar: bool = Field(
+        True, description="the reward model also reads the prompt's 'Impressions of similar reports' (the policy's "
+        "retrieval context); false: style slot, clinical fields and findings only"
+    )
     rm_lora_r: int = Field(8, gt=0, description="LoRA rank")
     rm_lora_alpha: int = Field(16, gt=0, description="LoRA alpha")
     rm_lora_last_layers: int | None = Field(

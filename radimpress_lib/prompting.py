@@ -43,6 +43,7 @@ __all__ = [
     "cut_at_end",
     "end_of_turn_token_ids",
     "pad_token_id",
+    "without_similar",
 ]
 
 #: Label of tokens that do not contribute to the loss (PyTorch / transformers convention).
@@ -122,6 +123,25 @@ def _user_message(record: Mapping[str, Any], findings: str | None = None) -> str
         lines.append(SIMILAR_HEADING)
         lines.extend(f"- {' '.join(s.split())}" for s in similar)
     return "\n".join(lines)
+
+
+def without_similar(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with the user turn's "Impressions of similar reports" block removed.
+
+    That block (the retrieval context, :data:`SIMILAR_HEADING` and its ``- `` lines) is always
+    last in the user message; it is cut only when everything after the heading is such lines,
+    so findings that happen to quote the heading are kept whole.
+    """
+    marker = f"\n{SIMILAR_HEADING}\n"
+    out = []
+    for message in messages:
+        content = message["content"]
+        if message["role"] == "user" and marker in content:
+            head, _, tail = content.rpartition(marker)
+            if all(line.startswith("- ") for line in tail.split("\n")):
+                content = head
+        out.append({**message, "content": content})
+    return out
 
 
 def _system_message(style: str | None) -> str:

@@ -50,7 +50,7 @@ import torch
 from radimpress_lib import labeler, style
 from radimpress_lib.config import RewardStageConfig
 from radimpress_lib.preferences import make_pair, to_trl_dataset
-from radimpress_lib.prompting import build_messages
+from radimpress_lib.prompting import build_messages, without_similar
 
 __all__ = [
     "RewardScorer",
@@ -60,12 +60,14 @@ __all__ = [
     "corruption_function",
     "fit_pairs_to_length",
     "label_signature",
+    "length_grouped_dataset",
     "load_reward_model",
     "lora_layers",
     "minimal_corruption",
     "pairwise_accuracy",
     "plot_margins",
     "reward_model_from_causal_lm",
+    "rm_messages",
     "score_pairs",
     "train_reward_model",
 ]
@@ -258,12 +260,25 @@ def _chat_len(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def fit_pairs_to_length(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int
-                        ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def rm_messages(messages: Sequence[Mapping[str, str]], show_similar: bool = True) -> list[dict[str, str]]:
+    """The prompt messages as the reward model reads them (``rm_prompt_similar``).
+
+    With ``show_similar`` false the retrieval context ("Impressions of similar reports": the
+    impressions of the nearest training reports) is left out, and the reward model compares the
+    answer with the style slot and the findings only. Measured with ``bench/rm_scaling.py`` (640
+    pairs): 25% less training time, factual pairs as before, style pairs about 6 points worse
+    (the neighbours are often the same reader's reports, so they show the template).
+    """
+    return [dict(m) for m in messages] if show_similar else without_similar(messages)
+
+
+def fit_pairs_to_length(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int,
+                        show_similar: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Truncate each pair's findings (token boundary, " [...]") so prompt + longer answer fit ``max_length``.
 
     TRL's trainers drop over-long pairs silently; here they are shortened and counted, and a pair
-    that cannot fit even with empty findings is dropped and counted (``dropped``).
+    that cannot fit even with empty findings is dropped and counted (``dropped``). Lengths are
+    those of the prompt the reward model reads (:func:`rm_messages` with ``show_similar``).
     """
     out, stats = [], {"truncated": 0, "dropped": 0}
     for pair in pairs:
@@ -272,7 +287,8 @@ def fit_pairs_to_length(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, max_
 
         def total(findings: str, p=pair, a=answer) -> int:
             rec = dict(p["record"], findings=findings)
-            return _chat_len(tokenizer, build_messages(rec, p["style"]) + [{"role": "assistant", "content": a}])
+            messages = rm_messages(build_messages(rec, p["style"]), show_similar)
+            return _chat_len(tokenizer, messages + [{"role": "assistant", "content": a}])
 
         if total(pair["record"]["findings"]) > max_length:
             ids = tokenizer(pair["record"]["findings"], add_special_tokens=False)["input_ids"]
@@ -289,6 +305,29 @@ def fit_pairs_to_length(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, max_
             stats["truncated"] += 1
         out.append(pair)
     return out, stats
+
+
+#: Trainer arguments for length-grouped batches over :func:`length_grouped_dataset`'s "length"
+#: column (transformers' ``LengthGroupedSampler``). ``remove_unused_columns=False`` keeps that
+#: column until the sampler is built; TRL's preference collators read only the token ids.
+LENGTH_GROUPED: dict[str, Any] = {"train_sampling_strategy": "group_by_length", "length_column_name": "length",
+                                  "remove_unused_columns": False}
+
+
+def length_grouped_dataset(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, show_similar: bool = True):
+    """TRL preference dataset (``prompt``, ``chosen``, ``rejected``) of ``pairs`` with a ``length`` column.
+
+    ``length`` is the longer templated prompt + answer in tokens, for :data:`LENGTH_GROUPED`
+    batches: random batches of these 200-300-token pairs compute ~23% padding, length-grouped
+    ones ~4% (measured on 640 train pairs). ``show_similar`` false drops the retrieval context
+    from the prompts (:func:`rm_messages`).
+    """
+    dataset = to_trl_dataset(pairs).remove_columns(["report_id", "pair_type"])
+    if not show_similar:
+        dataset = dataset.map(lambda row: {"prompt": without_similar(row["prompt"])})
+    lengths = [max(_chat_len(tokenizer, row["prompt"] + row[answer]) for answer in ("chosen", "rejected"))
+               for row in dataset]
+    return dataset.add_column("length", lengths)
 
 
 # --------------------------------------------------------------------------- model
@@ -378,8 +417,9 @@ def train_reward_model(causal_lm: Any, tokenizer: Any, train_pairs: Sequence[Map
         save_strategy="no", report_to="none", disable_tqdm=True, max_length=cfg.rm_max_length,
         center_rewards_coefficient=cfg.rm_center_rewards, bf16=bool(on_cuda and torch.cuda.is_bf16_supported()),
         dataloader_num_workers=0, dataloader_pin_memory=on_cuda, activation_checkpointing=False,
+        **LENGTH_GROUPED,
     )
-    dataset = to_trl_dataset(train_pairs).remove_columns(["report_id", "pair_type"])
+    dataset = length_grouped_dataset(train_pairs, tokenizer, cfg.rm_prompt_similar)
     tokenizer.padding_side = "right"
     with _no_progress_bars():
         trainer = RewardTrainer(model=rm, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -432,12 +472,15 @@ def load_reward_model(causal_lm: Any, adapter_dir: str | Path, seed: int = 0) ->
 class RewardScorer:
     """Scores (prompt messages, impression) with a reward model, batched, in the training format."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int | None = None,
+                 show_similar: bool = True) -> None:
         self.model, self.tokenizer, self.batch_size, self.max_length = model, tokenizer, batch_size, max_length
+        self.show_similar = show_similar  # as the model was trained: RewardStageConfig.rm_prompt_similar
 
     def texts(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[str]:
         """The chat-templated conversations the reward model reads (as in TRL's RewardTrainer)."""
-        return [self.tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": c.strip()}],
+        return [self.tokenizer.apply_chat_template(rm_messages(p, self.show_similar)
+                                                   + [{"role": "assistant", "content": c.strip()}],
                                                    tokenize=False) for p, c in zip(prompts, completions)]
 
     @torch.inference_mode()

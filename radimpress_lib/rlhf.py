@@ -48,7 +48,6 @@ import torch
 
 from radimpress_lib import labeler, style
 from radimpress_lib.config import DPOStageConfig, Params, RLStageConfig
-from radimpress_lib.preferences import to_trl_dataset
 from radimpress_lib.prompting import build_messages
 
 __all__ = [
@@ -184,7 +183,7 @@ def train_dpo(model: Any, tokenizer: Any, pairs: Sequence[Mapping[str, Any]], cf
     from trl import DPOConfig, DPOTrainer
 
     from radimpress_lib.models import configure_cpu_threads
-    from radimpress_lib.reward import lora_layers
+    from radimpress_lib.reward import LENGTH_GROUPED, length_grouped_dataset, lora_layers
     from radimpress_lib.sft import TextProgressCallback, _default_log, _no_progress_bars
 
     log = log or _default_log
@@ -199,9 +198,9 @@ def train_dpo(model: Any, tokenizer: Any, pairs: Sequence[Mapping[str, Any]], cf
         output_dir=str(output_dir / "checkpoints"), learning_rate=cfg.dpo_learning_rate, beta=cfg.dpo_beta,
         num_train_epochs=1.0, max_steps=cfg.dpo_max_steps, per_device_train_batch_size=cfg.dpo_per_device_batch,
         lr_scheduler_type="linear", warmup_steps=0.1, logging_steps=cfg.dpo_logging_steps,
-        max_length=cfg.dpo_max_length, truncation_mode="keep_start", **_common_args(seed, on_cuda),
+        max_length=cfg.dpo_max_length, truncation_mode="keep_start", **_common_args(seed, on_cuda), **LENGTH_GROUPED,
     )
-    dataset = to_trl_dataset(pairs).remove_columns(["report_id", "pair_type"])
+    dataset = length_grouped_dataset(pairs, tokenizer)
     tokenizer.padding_side = "right"
     with _no_progress_bars():
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

@@ -433,19 +433,13 @@ def fit_style_groups(train_records: Sequence[Mapping[str, Any]], *, k_min: int =
             raise ValueError("style_group_method='readers' needs train findings for at least two template groups")
         findings_clf = _text_classifier(seed, classifier_c).fit(
             [mask_content(f) for f, _ in with_findings], [c for _, c in with_findings])
-        # every train report's group, as assign() gives it: its template cluster, else its findings
-        # phrasing, else (no findings) the nearest cluster of its impression features
-        clusters = iter(int(c) for c in km.labels_)
-        raw = [next(clusters) if has else -1 for has in template]
-        by_findings = [i for i, c in enumerate(raw) if c < 0 and (train_records[i].get("findings") or "").strip()]
-        for i, c in zip(by_findings, findings_clf.predict([mask_content(train_records[i]["findings"])
-                                                           for i in by_findings]) if by_findings else []):
-            raw[i] = int(c)
-        rest = [i for i, c in enumerate(raw) if c < 0]
-        for i, c in zip(rest, km.predict(feature_matrix([impressions[i] for i in rest])) if rest else []):
-            raw[i] = int(c)
-    else:
-        raw = [int(c) for c in km.labels_]
+    model_method = "readers" if method == "readers" else "clusters"
+    # Every train report's cluster number exactly as assign() decides it (the names R1.. follow
+    # from the sizes, so a provisional model names each cluster by its number first).
+    numbers = {c: str(c) for c in range(best)}
+    provisional = StyleModel(model_method, list(numbers.values()), {}, _kmeans=km, _order=numbers,
+                             _findings_clf=findings_clf)
+    raw = [int(g) for g in provisional.assign(train_records)]
     sizes = Counter(raw)  # every cluster has members: k-means labels its own points
     order = {c: f"R{i + 1}" for i, (c, _) in enumerate(sorted(sizes.items(), key=lambda x: (-x[1], x[0])))}
     groups = [order[c] for c in sorted(order, key=lambda c: order[c][1:].zfill(3))]
@@ -453,7 +447,7 @@ def fit_style_groups(train_records: Sequence[Mapping[str, Any]], *, k_min: int =
     profiles = {g: _profile([t for t, lab in zip(impressions, labels) if lab == g]) for g in groups}
     if findings_clf is not None:
         findings_clf = _Relabel(findings_clf, order)
-    return StyleModel("readers" if method == "readers" else "clusters", groups, profiles, k_scores=scores,
+    return StyleModel(model_method, groups, profiles, k_scores=scores,
                       unseen=_choose_unseen(profiles, groups, unseen), seed=seed, _kmeans=km, _order=order,
                       _findings_clf=findings_clf)
 

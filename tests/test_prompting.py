@@ -65,6 +65,20 @@ def test_similar_impressions_follow_the_findings():
         prompting.build_messages(_record(similar_impressions="No acute disease."))
 
 
+def test_without_similar_removes_only_the_retrieval_block():
+    similar = ["No acute disease.", "1. Clear lungs."]
+    for extra in ({}, {"findings_graph": "effusion (absent)"}):
+        plain = prompting.build_messages(_record(**extra), style="Radiologist R2.")
+        rag = prompting.build_messages(_record(similar_impressions=similar, **extra), style="Radiologist R2.")
+        assert rag != plain and prompting.without_similar(rag) == plain
+        assert prompting.without_similar(plain) == plain
+    # findings that quote the heading are not cut; the real block after them still is
+    quoting = _record(findings=f"Clear lungs.\n{prompting.SIMILAR_HEADING}\nsee prior.")
+    kept = prompting.build_messages(quoting)
+    assert prompting.without_similar(kept) == kept
+    assert prompting.without_similar(prompting.build_messages(dict(quoting, similar_impressions=similar))) == kept
+
+
 def test_bad_records_name_the_report():
     with pytest.raises(PromptError, match="report_id='r9'.*findings"):
         prompting.build_messages(_record(report_id="r9", findings="  "))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from style_synth import records
 
-from radimpress_lib import models, reward, style
+from radimpress_lib import models, prompting, reward, style
 from radimpress_lib.config import RewardStageConfig
 
 
@@ -120,6 +120,43 @@ def test_reward_model_trains_saves_head_and_reloads(style_model, tiny, tmp_path)
     assert (again["margin"] - scores["margin"]).abs().max() < 1e-4
     with pytest.raises(FileNotFoundError):
         reward.load_reward_model(model, tmp_path / "missing")
+
+
+def test_reward_model_can_leave_out_the_retrieval_context(style_model, tiny, tmp_path, monkeypatch):
+    import trl
+
+    model, tokenizer = tiny
+    pairs, _ = reward.build_pairs(records(30), style_model, 4, 0, "train")
+    with_context = [dict(p, record=dict(p["record"], similar_impressions=["Other reader: no acute disease."]))
+                    for p in pairs]
+    seen_prompts = []
+
+    samplers = []
+
+    class Spy(trl.RewardTrainer):
+        def __init__(self, *a, train_dataset=None, **kw):
+            seen_prompts.extend(train_dataset["prompt"])
+            super().__init__(*a, train_dataset=train_dataset, **kw)
+            samplers.append(self._get_train_sampler(self.train_dataset))
+
+    monkeypatch.setattr(trl, "RewardTrainer", Spy)
+    cfg = RewardStageConfig(rm_max_steps=1, rm_per_device_batch=4, rm_lora_last_layers=1, rm_prompt_similar=False)
+    rm, _ = reward.train_reward_model(model, tokenizer, with_context, cfg, tmp_path, seed=0, log=lambda s: None)
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    assert isinstance(samplers[0], LengthGroupedSampler)  # batches grouped by the precomputed lengths
+    assert len(seen_prompts) == 4 and not any(prompting.SIMILAR_HEADING in m["content"]
+                                              for prompt in seen_prompts for m in prompt)
+    # the scorer reads the same view: a context-carrying prompt scores as the prompt without it
+    blind = reward.score_pairs(reward.RewardScorer(rm, tokenizer, show_similar=False), with_context)
+    plain = reward.score_pairs(reward.RewardScorer(rm, tokenizer), pairs)
+    assert (blind["margin"] - plain["margin"]).abs().max() < 1e-5
+    seeing = reward.score_pairs(reward.RewardScorer(rm, tokenizer), with_context)
+    assert (seeing["reward_chosen"] - plain["reward_chosen"]).abs().max() > 1e-6
+    # lengths are measured on the view the reward model reads
+    long = [dict(p, record=dict(p["record"], similar_impressions=["word " * 200])) for p in pairs]
+    assert reward.fit_pairs_to_length(long, tokenizer, 256, show_similar=False)[1] == {"truncated": 0, "dropped": 0}
+    assert reward.fit_pairs_to_length(long, tokenizer, 256)[1] != {"truncated": 0, "dropped": 0}
 
 
 def test_pairwise_accuracy_tables(tmp_path):
