@@ -35,8 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import yaml  # noqa: E402
-from sft_throughput import calibrate, machine  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from sft_throughput import TimedPoints, calibrate, machine  # noqa: E402
 
 from radimpress_lib import config, nbutils, reward, style  # noqa: E402
 
@@ -44,36 +43,6 @@ from radimpress_lib import config, nbutils, reward, style  # noqa: E402
 def _write(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-
-
-class _Curve(TrainerCallback):
-    """Scores the held-out pairs every ``every`` training pairs; keeps scoring time out of the train time."""
-
-    def __init__(self, every: int, batch: int, score, on_point) -> None:
-        self.every, self.batch, self.score, self.on_point = every, batch, score, on_point
-        self.t0 = 0.0
-        self.scoring_s = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
-
-    def _point(self, state, model) -> None:
-        t = time.perf_counter()
-        train_s = t - self.t0 - self.scoring_s
-        was_training = model.training
-        model.eval()
-        scores = self.score(model)
-        model.train(was_training)
-        self.scoring_s += time.perf_counter() - t
-        self.on_point(state.global_step * self.batch, state.global_step, train_s, scores)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        seen = state.global_step * self.batch
-        if seen % self.every == 0 and state.global_step < state.max_steps:
-            self._point(state, model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._point(state, model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,28 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         return {"summary": reward.accuracy_summary(margins),
                 "by_type": reward.pairwise_accuracy(margins).to_dict(orient="records")}
 
-    def on_point(seen: int, step: int, train_s: float, scores: dict[str, Any]) -> None:
+    def on_point(model, step: int, train_s: float) -> None:
+        seen = step * rm_cfg.rm_per_device_batch
+        scores = score(model)
         entry["curve"].append({"train_pairs_seen": seen, "step": step, "train_time_s": round(train_s, 1), **scores})
         s = scores["summary"]
         print(f"[rm_scaling] {variant}: {seen} pairs, step {step}, {train_s:.0f}s train -> "
               f"factual {s['factual_pair_acc']:.3f} style {s['style_pair_acc']:.3f}", flush=True)
         _write(out, doc)
 
-    import trl
-
-    base_trainer = trl.RewardTrainer
-    curve = _Curve(args.eval_every, rm_cfg.rm_per_device_batch, score, on_point)
-
-    class _CurveTrainer(base_trainer):  # type: ignore[misc, valid-type]
-        def __init__(self, *a, callbacks=None, **kw):
-            super().__init__(*a, callbacks=[*(callbacks or []), curve], **kw)
-
-    trl.RewardTrainer = _CurveTrainer
-    try:
-        _, result = reward.train_reward_model(sft_model, tokenizer, train_pairs, rm_cfg,
-                                              Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", cfg.run.run_seed)
-    finally:
-        trl.RewardTrainer = base_trainer
+    every_steps = args.eval_every // rm_cfg.rm_per_device_batch
+    points = TimedPoints(set(range(every_steps, len(train_pairs) // rm_cfg.rm_per_device_batch + 1, every_steps)),
+                         on_point, at_end=True)
+    _, result = reward.train_reward_model(sft_model, tokenizer, train_pairs, rm_cfg,
+                                          Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", cfg.run.run_seed,
+                                          callbacks=[points])
     entry["result"] = {k: v for k, v in result.to_dict().items() if k not in ("settings", "adapter_dir")}
     entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _write(out, doc)

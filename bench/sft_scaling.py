@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
-from sft_throughput import calibrate, machine  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from sft_throughput import TimedPoints, calibrate, machine  # noqa: E402
 
 from radimpress_lib import config, generation, metrics, nbutils, sft  # noqa: E402
 
@@ -47,28 +46,6 @@ def _scores(predictions: list[str], references: list[str]) -> dict[str, Any]:
     full = metrics.evaluate_system(predictions, references, n_boot=1000, seed=0, embed_model=False)
     keys = ("rouge1", "rougeL", "bleu", "label_f1_micro")
     return {k: full[k] for k in keys} | {f"{k}_ci": full[f"{k}_ci"] for k in keys}
-
-
-class _Points(TrainerCallback):
-    def __init__(self, at: set[int], decode) -> None:
-        self.at, self.decode = at, decode
-        self.t0, self.decoding_s = 0.0, 0.0
-        self.model = None
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.model = model  # the trained (peft) model
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.at and state.global_step < state.max_steps:
-            t = time.perf_counter()
-            train_s = t - self.t0 - self.decoding_s
-            model.eval()
-            self.decode(model, state.global_step, train_s)
-            model.train()
-            self.decoding_s += time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
-    points = _Points(set(args.eval_at), decode)
+    points = TimedPoints(set(args.eval_at), decode)
     with tempfile.TemporaryDirectory(prefix="sft_scaling_") as tmp:
         result = sft.train_sft(model, tokenizer, train_ds, None, sft_cfg, tmp, cfg.run.run_seed, callbacks=[points],
                                resume=False)
-        trained = result.wall_time_s - points.decoding_s
+        trained = result.wall_time_s - points.measuring_s
         final = points.model
         final.eval()
         decode(final, result.global_step, trained)

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from radimpress_lib import models, prompting, sft  # noqa: E402
 from radimpress_lib.data import resolve_data_dir  # noqa: E402
@@ -94,6 +95,39 @@ def calibrate(seconds: float = 1.0) -> float:
         a @ b
         n += 1
     return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
+
+
+class TimedPoints(TrainerCallback):
+    """Measures a model at given optimizer steps during training, keeping that time out of the training time.
+
+    ``measure(model, step, train_s)`` runs in eval mode at each step in ``steps`` (before the
+    last) and, with ``at_end``, once more when training ends; ``train_s`` is the training time
+    so far without the measuring. ``model`` is the trained model once training has ended.
+    """
+
+    def __init__(self, steps: set[int], measure, at_end: bool = False) -> None:
+        self.steps, self.measure, self.at_end = steps, measure, at_end
+        self.t0, self.measuring_s, self.model = 0.0, 0.0, None
+
+    def _point(self, model, step: int) -> None:
+        t = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        self.measure(model, step, t - self.t0 - self.measuring_s)
+        model.train(was_training)
+        self.measuring_s += time.perf_counter() - t
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps and state.global_step < state.max_steps:
+            self._point(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+        if self.at_end:
+            self._point(model, state.global_step)
 
 
 def load_examples(data_dir: str | None, n: int, tokenizer: Any, max_len: int):

@@ -383,11 +383,13 @@ class RewardResult:
 
 def train_reward_model(causal_lm: Any, tokenizer: Any, train_pairs: Sequence[Mapping[str, Any]],
                        cfg: RewardStageConfig, output_dir: str | Path, seed: int,
-                       log: Callable[[str], None] | None = None) -> tuple[Any, RewardResult]:
+                       log: Callable[[str], None] | None = None, callbacks: Sequence[Any] = ()
+                       ) -> tuple[Any, RewardResult]:
     """Train the reward model on ``train_pairs``; returns (trained peft model, result).
 
     The adapter (LoRA + the ``score`` head via ``modules_to_save``) is saved to
-    ``<output_dir>/adapter``.
+    ``<output_dir>/adapter``. ``callbacks``: extra ``TrainerCallback`` objects (as in
+    :func:`radimpress_lib.sft.train_sft`).
     """
     from peft import LoraConfig
     from trl import RewardConfig, RewardTrainer
@@ -423,7 +425,8 @@ def train_reward_model(causal_lm: Any, tokenizer: Any, train_pairs: Sequence[Map
     tokenizer.padding_side = "right"
     with _no_progress_bars():
         trainer = RewardTrainer(model=rm, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                peft_config=peft_config, callbacks=[TextProgressCallback(None, log, prefix="rm")])
+                                peft_config=peft_config,
+                                callbacks=[TextProgressCallback(None, log, prefix="rm"), *callbacks])
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
