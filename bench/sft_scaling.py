@@ -1,6 +1,6 @@
-"""SFT quality against training steps (what notebook 02's ``sft_max_steps`` scaling costs).
+"""SFT quality against training steps (what notebook 02's ``sft.max_steps`` scaling costs).
 
-Notebook 02 trains ``sft_max_steps`` steps (90 x 8 examples, about a third of an epoch, for the
+Notebook 02 trains ``sft.max_steps`` steps (90 x 8 examples, about a third of an epoch, for the
 default model) so that 01 + 02 + 05 fits the 30-minute CPU budget. This script trains the same
 SFT (params file settings, retrieval-augmented prompts as in 02) for ``--steps`` steps in one
 run, from the base model into a temporary folder (never the run's ``outputs/<model>/sft``), and
@@ -35,10 +35,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402
-import numpy as np  # noqa: E402
 from sft_throughput import TimedPoints, calibrate, machine  # noqa: E402
 
-from radimpress_lib import config, generation, metrics, nbutils, sft  # noqa: E402
+from radimpress_lib import data
+from radimpress_lib.core import config
+from radimpress_lib.evaluation import metrics
+from radimpress_lib.llm import checkpoints, generation, retrieval
+from radimpress_lib.train import sft  # noqa: E402
 
 
 def _scores(predictions: list[str], references: list[str]) -> dict[str, Any]:
@@ -59,22 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = config.load_params(args.params)
-    dsd, load_info = nbutils.load_data(cfg)
-    batch = cfg.sft.sft_per_device_batch * cfg.sft.sft_grad_accum
+    dsd, load_info = data.load_data(cfg)
+    batch = cfg.sft.per_device_batch * cfg.sft.grad_accum
     steps = args.steps or math.ceil(len(dsd["train"]) / batch)
-    sft_cfg = cfg.sft.model_copy(update={"sft_max_steps": steps, "sft_save_steps": 10 * steps, "sft_eval_steps": 0})
+    sft_cfg = cfg.sft.model_copy(update={"max_steps": steps, "save_steps": 10 * steps, "eval_steps": 0})
     out = Path(args.out)
     doc: dict[str, Any] = {
         "benchmark": "sft_scaling", "note": __doc__.split("\n\n")[1], "machine": machine(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "params": Path(args.params).name,
         "settings": sft_cfg.model_dump(), "train_reports": len(dsd["train"]), "effective_batch": batch,
-        "epochs": steps * batch / len(dsd["train"]), "default_steps": cfg.sft.sft_max_steps,
+        "epochs": steps * batch / len(dsd["train"]), "default_steps": cfg.sft.max_steps,
         "calib_gflops_before": calibrate(), "points": [],
     }
 
-    train_ds = datasets.Dataset.from_list(nbutils.with_prompt_context(cfg, dsd["train"], dsd["train"]))
-    val = nbutils.with_prompt_context(cfg, list(dsd["validate"])[: args.val_reports], dsd["train"])
-    model, tokenizer, _ = nbutils.load_base_model(cfg, padding_side="right")
+    train_ds = datasets.Dataset.from_list(retrieval.with_prompt_context(cfg, dsd["train"], dsd["train"]))
+    val = retrieval.with_prompt_context(cfg, list(dsd["validate"])[: args.val_reports], dsd["train"])
+    model, tokenizer, _ = checkpoints.load_base_model(cfg, padding_side="right")
 
     def decode(m, step: int, train_s: float, records=val, split: str = "validate") -> None:
         t = time.perf_counter()
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     points = TimedPoints(set(args.eval_at), decode)
     with tempfile.TemporaryDirectory(prefix="sft_scaling_") as tmp:
-        result = sft.train_sft(model, tokenizer, train_ds, None, sft_cfg, tmp, cfg.run.run_seed, callbacks=[points],
+        result = sft.train_sft(model, tokenizer, train_ds, None, sft_cfg, tmp, cfg.run.seed, callbacks=[points],
                                resume=False)
         trained = result.wall_time_s - points.measuring_s
         final = points.model
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         decode(final, result.global_step, trained)
         if args.test:
             pool = list(dsd["train"]) + list(dsd["validate"])
-            decode(final, result.global_step, trained, nbutils.with_prompt_context(cfg, dsd["test"], pool), "test")
+            decode(final, result.global_step, trained, retrieval.with_prompt_context(cfg, dsd["test"], pool), "test")
     doc["result"] = {"global_step": result.global_step, "final_train_loss": result.final_train_loss,
                      "tokens_per_s": result.tokens_per_s, "train_time_s": round(trained, 1)}
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

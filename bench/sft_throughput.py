@@ -8,7 +8,7 @@ tokens, prompt included, divided by the wall time of ``trainer.train()``.
 
 Setups (each for LoRA on all linear layers and on q,k,v,o only):
 
-* ``fast-padding_free`` : :func:`radimpress_lib.sft.train_sft` with padding-free batches;
+* ``fast-padding_free`` : :func:`radimpress_lib.train.sft.train_sft` with padding-free batches;
 * ``fast-group_by_length``: ``train_sft`` with length-grouped padded batches;
 * ``trl-default``       : ``trl.SFTTrainer`` with a default ``SFTConfig`` (gradient
   checkpointing on, padded batches in random order, TRL's fused LM head), except
@@ -47,8 +47,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from radimpress_lib import models, prompting, sft  # noqa: E402
 from radimpress_lib.data import resolve_data_dir  # noqa: E402
+from radimpress_lib.llm import models, prompting
+from radimpress_lib.train import sft  # noqa: E402
 
 TARGETS = {
     "all-linear": "all-linear",
@@ -150,10 +151,10 @@ def run_fast(layout: str, targets: Any, ds, steps: int, batch: int, seed: int, o
              threads: int | None = None) -> dict[str, Any]:
     model, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")
     cfg = sft.SFTStageConfig(
-        sft_method="lora", sft_lora_r=16, sft_lora_alpha=32, sft_lora_dropout=0.0, sft_lora_targets=targets,
-        sft_learning_rate=2e-4, sft_max_steps=steps, sft_per_device_batch=batch, sft_logging_steps=1,
-        sft_save_steps=10_000, sft_padding_free=layout == "padding_free",
-        sft_group_by_length=layout == "group_by_length", sft_num_threads=threads,
+        method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_targets=targets,
+        learning_rate=2e-4, max_steps=steps, per_device_batch=batch, logging_steps=1,
+        save_steps=10_000, padding_free=layout == "padding_free",
+        group_by_length=layout == "group_by_length", num_threads=threads,
     )
     res = sft.train_sft(model, tok, ds, None, cfg, out, seed=seed, log=lambda s: print("   ", s, flush=True))
     return {
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default: physical cores); 1 gives stable figures on a busy shared CPU")
     args = ap.parse_args(argv)
 
-    if args.threads:  # radimpress_lib.models resets torch threads from OMP_NUM_THREADS when loading
+    if args.threads:  # radimpress_lib.llm.models resets torch threads from OMP_NUM_THREADS when loading
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     threads = models.configure_cpu_threads(args.threads)
     _, tok, _ = models.load_model_and_tokenizer("smollm2-135m", padding_side="right")

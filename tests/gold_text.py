@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from radimpress_lib.labeler import split_sentences
+from radimpress_lib.clinical.labeler import split_sentences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

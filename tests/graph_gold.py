@@ -1,16 +1,16 @@
-"""Hand-annotated entity graphs for validating :mod:`radimpress_lib.graph` (no report text here).
+"""Hand-annotated entity graphs for validating :mod:`radimpress_lib.clinical.graph` (no report text here).
 
 Each entry points at one sentence of the Open-i benchmark **train** split
 (``opi-benchmark/train.jsonl``; never validate/test) exactly as ``tests/labeler_gold.py``
 does: the row's ``idx``, the field (``"inputs"`` = findings, ``"target"`` = impression),
-the sentence number from :func:`radimpress_lib.labeler.split_sentences` and the first 8 hex
+the sentence number from :func:`radimpress_lib.clinical.labeler.split_sentences` and the first 8 hex
 digits of the sentence's SHA-256 (drift check).
 
 Entities are written ``"o|name|status|laterality"`` (observation), ``"a|name||laterality"``
 (anatomy; laterality optional) or ``"m|name"`` (modifier), with the canonical names of
-:mod:`radimpress_lib.graph_lexicon` where the lexicon has the concept and a plain name where
+:mod:`radimpress_lib.clinical.graph_lexicon` where the lexicon has the concept and a plain name where
 it does not (those count as misses for the extractor). Relations are ``"src>rel>dst"`` by
-entity name. Conventions (those of the module docstring of :mod:`radimpress_lib.graph`):
+entity name. Conventions (those of the module docstring of :mod:`radimpress_lib.clinical.graph`):
 "XXXX" is an unknown word; change descriptors ("stable", "unchanged", "improvement",
 "persistent", "interval") are not represented; modifiers come from the lexicon's modifier
 vocabulary only ("significant", "dilated", "curvilinear" are not annotated); located_at is

@@ -1,9 +1,9 @@
-"""Hand labels for validating :mod:`radimpress_lib.labeler` (no report text here).
+"""Hand labels for validating :mod:`radimpress_lib.clinical.labeler` (no report text here).
 
 Each entry points at one sentence of the Open-i benchmark **train** split
 (``opi-benchmark/train.jsonl``; never validate/test): the row's ``idx``, the
 field (``"inputs"`` = findings, ``"target"`` = impression), the sentence number
-within that field as split by :func:`radimpress_lib.labeler.split_sentences`
+within that field as split by :func:`radimpress_lib.clinical.labeler.split_sentences`
 (0-based, after whitespace normalisation), and the first 8 hex digits of the
 SHA-256 of the sentence (UTF-8) to detect drift in the data or the splitter.
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radimpress_lib.baselines import (
-    RetrievalBaseline,
-    majority_baseline,
-    normalize_impression,
-    with_similar_impressions,
-)
+from radimpress_lib.evaluation.baselines import majority_baseline, normalize_impression
+from radimpress_lib.llm.retrieval import RetrievalBaseline, with_similar_impressions
 
 
 def test_normalize_impression_merges_surface_variants() -> None:

@@ -6,13 +6,21 @@ import io
 import json
 import sys
 import tracemalloc
-import types
 from collections import Counter
 
 import pytest
 
-from radimpress_lib import cli
-from radimpress_lib.cli import DraftInput, InputError, InputLimits, iter_reports
+from radimpress_lib.apps import cli
+from radimpress_lib.apps.cli import DraftInput, InputError, InputLimits, iter_reports
+from radimpress_lib.clinical import checks
+
+
+@pytest.fixture(autouse=True)
+def no_run_risk_model(monkeypatch, tmp_path_factory):
+    """The run's review-risk model is wherever a test puts it, never a local outputs/ci-tiny/ one."""
+    missing = tmp_path_factory.mktemp("no-risk-model") / "triage" / "risk_model.json"
+    monkeypatch.setattr(cli, "default_risk_model_path", lambda params: missing)
+    return missing
 
 
 def _write_jsonl(path, rows):
@@ -87,7 +95,7 @@ def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, content, message):
 def test_bad_bytes_overlong_line_and_report_limit(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"findings": "ok"}\n{"findings": "caf\xe9"}\n')
-    with pytest.raises(InputError, match=r"in\.jsonl:2: not valid UTF-8"):
+    with pytest.raises(InputError, match=r"in\.jsonl:2: field 'findings' holds bytes that are not valid UTF-8"):
         list(iter_reports(path))
     limits = InputLimits(max_chars=10)
     path.write_text('{"findings": "' + "z" * (limits.max_line_bytes + 10) + '"}\n', encoding="utf-8")
@@ -111,7 +119,7 @@ def test_bad_csv_files(tmp_path):
     path.write_text("findings,indication\nok,\n" + "x" * 500 + ",y\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"in\.csv:3: field 'findings' has 500 characters"):
         list(iter_reports(path, limits=InputLimits(max_chars=400)))
-    with pytest.raises(InputError, match=r"in\.csv:3: field larger than field limit"):
+    with pytest.raises(InputError, match=r"in\.csv:3: field 'findings' has 500 characters.*limit of 100"):
         list(iter_reports(path, limits=InputLimits(max_chars=100)))
     (tmp_path / "x.txt").write_text("findings\nok\n")
     with pytest.raises(InputError, match="cannot tell the format"):
@@ -173,7 +181,7 @@ def test_draft_stream_pulls_one_batch_at_a_time():
                 for r in records]
 
     lines = []
-    summary = cli.draft_stream(source(), drafter, cli.default_checkers(), written.append, batch_size=5,
+    summary = cli.draft_stream(source(), drafter, checks.default_checkers(), written.append, batch_size=5,
                                progress=lines.append, extra={"model": "fake"})
     assert summary.n_drafted == 23 == len(written) and summary.n_batches == 5 and len(lines) == 5
     assert [w["report_id"] for w in written] == [f"r{i}" for i in range(23)]
@@ -202,25 +210,26 @@ def test_limit_stops_reading():
 
 def test_labeler_checker_flags():
     rec = {"findings": "No pleural effusion. Heart size is normal. Small left apical pneumothorax."}
-    assert cli.labeler_checker(rec, "Small left apical pneumothorax. No effusion.") == []
-    flags = {(f["kind"], f["finding"]) for f in cli.labeler_checker(rec, "Left pleural effusion. No pneumothorax. Rib fracture.")}
+    assert checks.labeler_checker(rec, "Small left apical pneumothorax. No effusion.") == []
+    flags = {(f["kind"], f["finding"]) for f in checks.labeler_checker(rec, "Left pleural effusion. No pneumothorax. Rib fracture.")}
     assert flags == {("negation_flip", "Pleural Effusion"), ("negation_flip", "Pneumothorax"),
                      ("not_in_findings", "Fracture")}
-    assert cli.labeler_checker(rec, "Normal chest.") == []
-    omitted = cli.labeler_checker(rec, "Normal chest.", include_omissions=True)
+    assert checks.labeler_checker(rec, "Normal chest.") == []
+    omitted = checks.labeler_checker(rec, "Normal chest.", include_omissions=True)
     assert [(f["kind"], f["finding"]) for f in omitted] == [("omitted", "Pneumothorax")]
 
 
-def test_graph_checker_plugs_in(monkeypatch):
-    fake = types.ModuleType("radimpress_lib.graph")
-    fake.draft_flags = lambda findings, draft: [{"kind": "hallucination", "finding": "mass", "message": "m"}]
-    monkeypatch.setitem(sys.modules, "radimpress_lib.graph", fake)
-    checkers = dict(cli.default_checkers())
+def test_graph_checker_flags_against_the_findings_graph():
+    checkers = dict(checks.default_checkers())
     assert set(checkers) == {"labeler", "graph"}
-    assert checkers["graph"]({"findings": "x"}, "y") == [
-        {"check": "graph", "kind": "hallucination", "finding": "mass", "message": "m"}]
-    monkeypatch.setitem(sys.modules, "radimpress_lib.graph", types.ModuleType("radimpress_lib.graph"))
-    assert [n for n, _ in cli.default_checkers()] == ["labeler"]
+    findings = {"findings": "Small left pleural effusion. No pneumothorax. Heart size normal."}
+    flags = checkers["graph"](findings, "No pleural effusion. Pneumothorax.")
+    kinds = {(f["kind"], f["check"]) for f in flags}
+    assert ("negation_flip", "graph") in kinds
+    assert checkers["graph"](findings, "Small left pleural effusion.") == []
+    omitted = checks.graph_checker(findings, "Heart size normal.", include_omissions=True)
+    assert any(f["kind"] == "omitted" for f in omitted)
+    assert not any(f["kind"] == "omitted" for f in checks.graph_checker(findings, "Heart size normal."))
 
 
 # --------------------------------------------------------------------------- end to end (tiny-llama)
@@ -231,10 +240,12 @@ def tiny_adapter(tmp_path_factory):
     """A LoRA adapter on the ci-tiny base model (random weights), saved like train_sft does."""
     from peft import get_peft_model
 
-    from radimpress_lib import config, nbutils, sft
+    from radimpress_lib.core import config
+    from radimpress_lib.llm import checkpoints
+    from radimpress_lib.train import sft
 
     params = config.load_params("params/ci-tiny.yaml")
-    model, tokenizer, _ = nbutils.load_base_model(params)
+    model, tokenizer, _ = checkpoints.load_base_model(params)
     peft_model = get_peft_model(model, sft.make_lora_config(params.sft))
     out = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(out)
@@ -243,17 +254,17 @@ def tiny_adapter(tmp_path_factory):
 
 
 def test_cli_file_mode_with_adapter(tmp_path, tiny_adapter, capsys, monkeypatch):
-    from radimpress_lib import nbutils, prompting
+    from radimpress_lib.llm import prompting, retrieval
 
-    # ci-tiny trains with retrieval context (sft_retrieval_k > 0): drafts get the same prompt layout, from a
+    # ci-tiny trains with retrieval context (sft.retrieval_k > 0): drafts get the same prompt layout, from a
     # synthetic train+validate pool here (the real one comes from the run's data folder).
     pool = [{"findings": "Heart normal. No effusion.", "impression": "No acute disease."},
             {"findings": "Right lower lobe consolidation.", "impression": "Right lower lobe pneumonia."},
             {"findings": "Clear lungs.", "impression": "Normal chest."}]
-    monkeypatch.setattr(nbutils, "load_data", lambda params: ({"train": pool[:2], "validate": pool[2:]}, {}))
+    monkeypatch.setattr(retrieval, "load_data", lambda params: ({"train": pool[:2], "validate": pool[2:]}, {}))
     seen: list[str] = []
     real_build_prompt = prompting.build_prompt
-    monkeypatch.setattr("radimpress_lib.generation.build_prompt",
+    monkeypatch.setattr("radimpress_lib.llm.generation.build_prompt",
                         lambda tok, rec, style=None: seen.append(real_build_prompt(tok, rec, style)) or seen[-1])
     inp = _write_jsonl(tmp_path / "reports.jsonl", [
         {"findings": "Heart size normal. No effusion.", "radiologist_id": "dr1", "report_id": "a"},
@@ -276,7 +287,8 @@ def test_cli_file_mode_with_adapter(tmp_path, tiny_adapter, capsys, monkeypatch)
 
 
 def test_cli_guard_rewrites_a_contradicting_draft(tmp_path, monkeypatch, capsys):
-    from radimpress_lib import factual_guard, generation
+    from radimpress_lib.evaluation import factual_guard
+    from radimpress_lib.llm import generation
 
     # the model's first draft says the opposite of the findings; the guard's beam candidates are faked
     real_generate = generation.generate_impressions
@@ -338,12 +350,233 @@ def test_cli_stdin_mode_and_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_graph_module_of_the_project_is_used():
-    graph = pytest.importorskip("radimpress_lib.graph")
+    graph = pytest.importorskip("radimpress_lib.clinical.graph")
     if not hasattr(graph, "compare_to_findings"):
         pytest.skip("graph module without compare_to_findings")
-    checkers = dict(cli.default_checkers())
+    checkers = dict(checks.default_checkers())
     assert "graph" in checkers
     rec = {"findings": "No pleural effusion. Heart size is normal. Small left apical pneumothorax."}
     flags = {(f["check"], f["kind"], f["finding"]) for f in checkers["graph"](rec, "Left pleural effusion. No pneumothorax.")}
     assert ("graph", "negation_flip", "pleural effusion") in flags and ("graph", "negation_flip", "pneumothorax") in flags
     assert checkers["graph"](rec, "Small left pneumothorax.") == []
+
+
+# --------------------------------------------------------------------------- hardening (issue 18)
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """``radimpress draft`` without a model: each report is drafted "Normal chest." (records seen are kept)."""
+    seen: list[dict] = []
+
+    def drafter_for(model, tokenizer, gen_cfg, **kw):
+        def draft(records):
+            seen.extend(records)
+            return [{"draft": "Normal chest.", "stopped": True, "n_new_tokens": 3} for _ in records]
+        return draft
+
+    monkeypatch.setattr(cli, "load_drafting_model",
+                        lambda params, adapter: (None, None, {"model": "fake", "adapter": None}))
+    monkeypatch.setattr(cli, "model_drafter", drafter_for)
+    return seen
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_csv_unbalanced_quote_is_reported_not_merged(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'report_id,findings\nr1,"Heart normal.\nr2,Lungs clear.\nr3,"Small" effusion.\nr4,Ok.\n')
+    with pytest.raises(InputError, match=r'in\.csv:2: unbalanced quote \("\)'):
+        list(iter_reports(path))
+    skipped, warned = Counter(), []
+    items = list(iter_reports(path, skip_invalid=True, skipped=skipped, warn=warned.append))
+    assert [(i.record["report_id"], i.line) for i in items] == [("r2", 3), ("r4", 5)]
+    assert skipped == Counter({"unbalanced quote": 1, "quote inside a quoted field": 1})
+    assert warned[0].startswith(f"skipped {path}:2: ") and warned[1].startswith(f"skipped {path}:4: ")
+
+
+def test_output_equal_to_input_is_refused_and_output_is_atomic(tmp_path, fake_model, monkeypatch, capsys):
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"findings": f"Finding {i}."} for i in range(5)])
+    before = inp.read_bytes()
+    for same in (str(inp), str(tmp_path / "." / "in.jsonl")):
+        assert cli.main(["draft", str(inp), "-o", same, "--model", "ci-tiny", "--adapter", "none"]) == 2
+        assert inp.read_bytes() == before
+        assert "is the input file" in capsys.readouterr().err
+    out = tmp_path / "drafts.jsonl"
+    assert cli.main(["draft", str(inp), "-o", str(out), "--model", "ci-tiny", "--adapter", "none", "--quiet"]) == 0
+    assert len(_rows(out)) == 5
+    # a run that fails half-way leaves the earlier output as it was and no half file
+    calls = []
+
+    def failing(model, tokenizer, gen_cfg, **kw):
+        def draft(records):
+            calls.append(len(records))
+            if len(calls) == 2:
+                raise RuntimeError("out of memory")
+            return [{"draft": "Normal chest.", "stopped": True} for _ in records]
+        return draft
+
+    monkeypatch.setattr(cli, "model_drafter", failing)
+    previous = out.read_bytes()
+    rc = cli.main(["draft", str(inp), "-o", str(out), "--model", "ci-tiny", "--adapter", "none", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "out of memory" in err and "Traceback" not in err
+    assert out.read_bytes() == previous and sorted(p.name for p in tmp_path.iterdir()) == ["drafts.jsonl", "in.jsonl"]
+
+
+def test_study_scope_reaches_the_prompt_and_is_flagged_or_refused(tmp_path, fake_model, capsys):
+    from radimpress_lib.llm import prompting
+
+    inp = _write_jsonl(tmp_path / "in.jsonl", [
+        {"report_id": "cxr", "findings": "No effusion.", "modality": "CR", "body_part": "Chest"},
+        {"report_id": "ct", "findings": "No hemorrhage.", "modality": "CT", "body_part": "HEAD"},
+        {"report_id": "unknown", "findings": "Clear lungs."},
+    ])
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["draft", str(inp), "-o", str(out), "--model", "ci-tiny", "--adapter", "none"]) == 0
+    prompt = prompting.build_messages(fake_model[1])[1]["content"]
+    assert "Modality: CT" in prompt and "Body part: HEAD" in prompt
+    rows = {r["report_id"]: r for r in _rows(out)}
+    assert not rows["cxr"]["needs_review"] and not rows["unknown"]["needs_review"]
+    (reason,) = rows["ct"]["review_reasons"]
+    assert rows["ct"]["needs_review"] and reason["kind"] == "out_of_scope" and "CT HEAD" in reason["message"]
+    assert "1 out of scope" in capsys.readouterr().err
+    assert cli.main(["draft", str(inp), "-o", str(out), "--model", "ci-tiny", "--adapter", "none",
+                     "--out-of-scope", "refuse"]) == 0
+    assert [r["report_id"] for r in _rows(out)] == ["cxr", "unknown"]
+    err = capsys.readouterr().err
+    assert f"refused {inp}:2: CT HEAD study is outside the scope XR CHEST" in err and "refused 1" in err
+
+
+def test_empty_and_truncated_drafts_need_review():
+    drafts = {"a": {"draft": "  ", "stopped": True}, "b": {"draft": "Small left", "stopped": False},
+              "c": {"draft": "Normal chest.", "stopped": True}, "d": {"draft": "Large pneumothorax."}}
+    inputs = [DraftInput({"report_id": k, "findings": "No pneumothorax.", "radiologist_id": None}, "f", i)
+              for i, k in enumerate(drafts, 1)]
+    out = []
+    summary = cli.draft_stream(inputs, lambda recs: [drafts[r["report_id"]] for r in recs], checks.default_checkers(),
+                               out.append)
+    rows = {r["report_id"]: r for r in out}
+    assert [r["kind"] for r in rows["a"]["review_reasons"]] == ["empty_draft"] and rows["a"]["needs_review"]
+    assert [r["kind"] for r in rows["b"]["review_reasons"]] == ["truncated"] and rows["b"]["needs_review"]
+    assert rows["c"]["review_reasons"] == [] and not rows["c"]["needs_review"]
+    assert {r["kind"] for r in rows["d"]["review_reasons"]} == {"negation_flip"}
+    assert all(set(r) == {"kind", "message", "severity"} for row in out for r in row["review_reasons"])
+    assert all(row["risk"] is None for row in out)  # no risk model: rule flags
+    assert summary.n_needs_review == 3 and summary.reasons_by_kind["empty_draft"] == 1
+
+
+def test_utf8_byte_order_mark_is_stripped(tmp_path):
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfreport_id,findings\nA1,Heart normal.\n")
+    assert [i.record["report_id"] for i in iter_reports(csv_path)] == ["A1"]
+    jsonl_path = tmp_path / "bom.jsonl"
+    jsonl_path.write_bytes(b'\xef\xbb\xbf{"report_id": "A1", "findings": "Heart normal."}\n')
+    assert [i.record["report_id"] for i in iter_reports(jsonl_path)] == ["A1"]
+
+
+def test_lone_surrogate_and_nul_are_input_errors(tmp_path, capsys):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"report_id": "\\ud800", "findings": "ok"}\n{"findings": "caf\\udce9"}\n'
+                    '{"findings": "a\\u0000b"}\n{"findings": "fine"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"in\.jsonl:1: field 'report_id' holds an invalid Unicode escape"):
+        list(iter_reports(path))
+    skipped = Counter()
+    assert [i.line for i in iter_reports(path, skip_invalid=True, skipped=skipped)] == [4]
+    assert skipped == Counter({"field 'report_id' not valid text": 1, "field 'findings' not valid text": 2})
+    assert cli.main(["draft", str(path), "--model", "ci-tiny", "--adapter", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "in.jsonl:1: field 'report_id'" in err
+
+
+def _csv_with_bad_rows(path, max_chars):
+    """A CSV whose multi-line rows shift file lines away from row numbers; returns {report_id: file line}."""
+    lines, where = [b"report_id,findings"], {}
+    for i in range(1, 60):
+        where[f"r{i}"] = 1 + sum(1 + line.count(b"\n") for line in lines)
+        if i % 4 == 0:
+            lines.append(b'r%d,"Line one.\nLine two."' % i)
+        elif i == 30:
+            lines.append(b"r30,Heart \xe9 normal.")  # Latin-1 byte in a UTF-8 file
+        elif i == 41:
+            lines.append(b"r41," + b"x" * (max_chars + 5))  # a field over --max-chars
+        elif i == 47:
+            lines.append(b"r47," + b"y" * (200 * max_chars))  # a row far over every limit
+        else:
+            lines.append(b"r%d,Finding %d." % (i, i))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return where
+
+
+def test_skip_invalid_csv_skips_bad_bytes_and_long_fields_naming_true_lines(tmp_path):
+    path = tmp_path / "in.csv"
+    where = _csv_with_bad_rows(path, 100)
+    assert where["r30"] == 38 and where["r41"] == 52  # the multi-line rows put them after their row numbers
+    limits = InputLimits(max_chars=100)
+    with pytest.raises(InputError, match=rf"in\.csv:{where['r30']}: field 'findings' holds bytes that are not valid"):
+        list(iter_reports(path, limits=limits))
+    skipped, warned = Counter(), []
+    items = list(iter_reports(path, limits=limits, skip_invalid=True, skipped=skipped, warn=warned.append))
+    assert len(items) == 56 and all(i.line == where[i.record["report_id"]] for i in items)
+    assert skipped == Counter({"field 'findings' not valid text": 1, "field 'findings' over --max-chars": 1,
+                               "row too long": 1})
+    assert [w.split(": ")[0] for w in warned] == [f"skipped {path}:{where[r]}" for r in ("r30", "r41", "r47")]
+
+
+def test_skip_invalid_jsonl_skips_an_over_long_line_and_counts_on(tmp_path):
+    limits = InputLimits(max_chars=10)
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"findings": "a"}\n{"findings": "' + "z" * (limits.max_line_bytes + 10) + '"}\n'
+                    '{"findings": "b"}\n', encoding="utf-8")
+    skipped = Counter()
+    items = list(iter_reports(path, limits=limits, skip_invalid=True, skipped=skipped))
+    assert [(i.record["findings"], i.line) for i in items] == [("a", 1), ("b", 3)]
+    assert skipped == Counter({"line too long": 1})
+
+
+def test_bad_output_and_params_paths_give_one_line_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_drafting_model", lambda *a: pytest.fail("must fail before loading the model"))
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"findings": "Heart normal."}])
+    (tmp_path / "a_file").write_text("x")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"sft: {max_steps: 2}\n# caf\xe9\n")
+    (tmp_path / "folder.yaml").mkdir()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sft: {max_steps: [1,\n")
+    cases = [(["-o", str(tmp_path)], str(tmp_path), "is a directory"),
+             (["-o", str(tmp_path / "a_file" / "out.jsonl")], str(tmp_path / "a_file"), "cannot write"),
+             (["--model", str(latin)], str(latin), "not valid UTF-8"),
+             (["--model", str(tmp_path / "folder.yaml")], str(tmp_path / "folder.yaml"), "cannot read"),
+             (["--model", str(broken)], str(broken), "not valid YAML")]
+    for extra, path, what in cases:
+        rc = cli.main(["draft", str(inp), "--adapter", "none", *extra])
+        err = capsys.readouterr().err
+        assert rc != 0 and "Traceback" not in err and err.count("\n") == 1, err
+        assert path in err and what in err, err
+
+
+def test_column_mapping_and_headers_that_differ_only_by_case(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("AccessionNumber,Findings,INDICATION,Modality,Body Part\nA1,Heart normal.,cough,XR,CHEST\n",
+                    encoding="utf-8")
+    notes = Counter()
+    (item,) = iter_reports(path, columns=cli.parse_columns("report_id=AccessionNumber,body_part=Body Part"),
+                           skipped=notes)
+    assert item.record | {"comparison": None} == {
+        "report_id": "A1", "findings": "Heart normal.", "indication": "cough", "modality": "XR", "body_part": "CHEST",
+        "comparison": None, "radiologist_id": None}
+    assert notes["column 'Findings' read as 'findings' (differs only by case)"] == 1
+    with pytest.raises(InputError, match=r"--columns maps 'report_id' to 'Accession', which is not a column"):
+        list(iter_reports(path, columns={"report_id": "Accession"}))
+    for bad in ("findings", "finding=Findings", "findings=", "findings=A,findings=B"):
+        with pytest.raises(InputError, match="--columns"):
+            cli.parse_columns(bad)
+    ambiguous = tmp_path / "two.csv"
+    ambiguous.write_text("Findings,FINDINGS\na,b\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"'Findings' and 'FINDINGS' both differ from 'findings' only by case"):
+        list(iter_reports(ambiguous))
+    js = _write_jsonl(tmp_path / "k.jsonl", [{"Findings": "Heart normal.", "Accession": "J1"}])
+    (item,) = iter_reports(js, columns={"report_id": "Accession"})
+    assert (item.record["report_id"], item.record["findings"]) == ("J1", "Heart normal.")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from radimpress_lib import corruptions as C
-from radimpress_lib.graph import extract_graph
-from radimpress_lib.preferences import pair_type_counts, validate_pair
+from radimpress_lib.clinical import corruptions as C
+from radimpress_lib.clinical.graph import extract_graph
+from radimpress_lib.evaluation import sensitivity
 
 TEXTS = [
     "1. Mild cardiomegaly. 2. No pneumothorax.",
@@ -90,29 +90,11 @@ def test_deterministic_given_seed() -> None:
 def test_corrupt_impression_seam_for_the_reward_model() -> None:
     import random
 
-    from radimpress_lib import reward
-
-    fn, name = reward.corruption_function()
-    assert name == "corruptions.corrupt_impression"
+    fn = C.corrupt_impression
     out = fn("Small left pleural effusion.", random.Random(0))
     assert out is not None and out[1] in C.CORRUPTION_TYPES and out[0] != "Small left pleural effusion."
     assert fn("Small left pleural effusion.", random.Random(0)) == out  # same rng state, same corruption
     assert C.corrupt_impression("   ", random.Random(0)) is None
-
-
-def test_factual_preference_pairs() -> None:
-    records = [{"report_id": f"r{i}", "findings": "Findings text.", "impression": t + "\n"} for i, t in enumerate(TEXTS)]
-    pairs, stats = C.factual_preference_pairs(records, seed=0, source="test")
-    assert stats["n_records"] == len(TEXTS)
-    for kind in C.CORRUPTION_TYPES:
-        assert stats["made"][kind] + stats["not_applicable"][kind] == len(TEXTS)
-    assert sum(pair_type_counts(pairs).values()) == len(pairs) == sum(stats["made"].values())
-    for p in pairs:
-        validate_pair(p)
-        assert p["pair_type"].startswith("factual:") and p["source"] == "test"
-        assert p["chosen"] == p["chosen"].strip() and "\n" not in p["chosen"]  # whitespace cannot give it away
-    with pytest.raises(ValueError, match=r"record #0 \(report_id='x'\)"):
-        C.factual_preference_pairs([{"report_id": "x", "findings": "f", "impression": ""}])
 
 
 def test_sensitivity_table_and_plot() -> None:
@@ -120,7 +102,7 @@ def test_sensitivity_table_and_plot() -> None:
             "Right lower lobe pneumonia.", "No acute cardiopulmonary abnormality."]
     findings = ["Small left pleural effusion. Heart normal.", "Mild cardiomegaly. No pneumothorax.",
                 "Right lower lobe consolidation, pneumonia.", "Lungs are clear."]
-    table = C.sensitivity_table(refs, findings, embed_model=False, n_boot=50, seed=0)
+    table = sensitivity.sensitivity_table(refs, findings, embed_model=False, n_boot=50, seed=0)
     assert set(table["corruption"]) == set(C.CORRUPTION_TYPES)
     flip = table[(table.corruption == "negation_flip")].set_index("metric")
     assert flip.loc["graph_f1", "identity"] == pytest.approx(100.0)
@@ -129,7 +111,7 @@ def test_sensitivity_table_and_plot() -> None:
     lat = table[(table.corruption == "laterality_swap")].set_index("metric")
     assert lat.loc["graph_entity_f1", "drop"] > 0 and lat.loc["label_f1_micro", "drop"] == pytest.approx(0.0)
     assert int(lat["n_applied"].iloc[0]) == 2 and int(lat["n_not_applicable"].iloc[0]) == 2
-    pivot = C.sensitivity_pivot(table)
+    pivot = sensitivity.sensitivity_pivot(table)
     assert "graph_f1" in pivot.columns and "negation_flip" in pivot.index
-    fig = C.plot_sensitivity(table)
+    fig = sensitivity.plot_sensitivity(table)
     assert fig.axes

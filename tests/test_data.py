@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from radimpress_lib import data
+from radimpress_lib.core.schema import REPORT_FEATURES, REPORT_FIELDS, records_to_dataset
 from radimpress_lib.data import (
     DataNotFoundError,
     DataValidationError,
@@ -30,13 +31,14 @@ from radimpress_lib.data import (
     load_openi_csv,
     load_openi_xml,
     load_user,
+    loading,
+    locate,
     normalize_findings,
     remove_test_leakage,
     resolve_data_dir,
 )
-from radimpress_lib.download import BENCHMARK_SHA256, DownloadError, download_openi, file_sha256
-from radimpress_lib.schema import REPORT_FEATURES, REPORT_FIELDS, records_to_dataset
-from radimpress_lib.validation import LoadReport
+from radimpress_lib.data.download import BENCHMARK_SHA256, DownloadError, download_openi, file_sha256
+from radimpress_lib.data.validation import LoadReport
 
 CSV_HEADER = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"]
 
@@ -726,7 +728,8 @@ def data_fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "work" / "main"
     root.mkdir(parents=True)
     (root / "pyproject.toml").write_text("[project]\nname='x'\n")
-    monkeypatch.setattr(data, "PROJECT_ROOT", root)
+    monkeypatch.setattr(locate, "PROJECT_ROOT", root)
+    monkeypatch.setattr(loading, "PROJECT_ROOT", root)
     monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
@@ -844,14 +847,14 @@ def test_cli_download_prints_existing_data(
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("must not download")
 
-    monkeypatch.setattr(data, "download_openi", fail)
+    monkeypatch.setattr(loading, "download_openi", fail)
     assert data.main(["download", "--dest", "data"]) == 0
     assert f"data folder found at {shared.resolve()}" in capsys.readouterr().out
 
 
 def test_cli_download_when_nothing_found(data_fake_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[Path] = []
-    monkeypatch.setattr(data, "download_openi", lambda dest: got.append(Path(dest)))
+    monkeypatch.setattr(loading, "download_openi", lambda dest: got.append(Path(dest)))
     assert data.main(["download"]) == 0
     assert got == [data_fake_root / "data"]
 
@@ -1036,3 +1039,187 @@ def test_load_from_config_identity_map_keeps_split_column(tmp_path: Path, data_f
     dd, report = load_from_config(None, "user", user_data_path=path, user_column_map={})
     assert report["split_assignment"]["method"] == "user split column"
     assert {s: dd[s]["report_id"] for s in dd} == {"train": ["r1"], "validate": ["r2"], "test": ["r3"]}
+
+
+# ---------------------------------------------------------------------------------------
+# Hardening (issue 18): real hospital exports
+# ---------------------------------------------------------------------------------------
+
+UNCLOSED_QUOTE = b'report_id,findings,impression\nr1,Heart normal.,"No acute disease.\nr2,Lungs clear.,Normal chest.\nr3,Small effusion.,Effusion.\n'
+STRAY_QUOTE = b'report_id,findings,impression\nr1,"Nodule measuring 5" in the RUL.",Nodule.\nr2,Lungs clear.,Normal chest.\nr3,Small effusion.,Effusion.\n'
+
+
+@pytest.mark.parametrize("content", [UNCLOSED_QUOTE, STRAY_QUOTE], ids=["unclosed", "stray"])
+def test_csv_unbalanced_quote_is_reported_not_merged(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes(content)
+    ds, report = load_user(path)
+    assert ds["report_id"] == ["r2", "r3"]  # the rows after the bad quote are read on their own
+    assert (report.rows_read, report.kept, report.skipped) == (3, 2, Counter({"malformed_row": 1}))
+    issue = report.issues[0]
+    assert (issue.row, issue.reason) == (1, "malformed_row")
+    assert "file line 2" in issue.message and '"' in issue.message
+    with pytest.raises(DataValidationError, match=r"row 1 \(1-based data row, header excluded\).*file line 2") as info:
+        load_user(path, strict=True)
+    assert (info.value.row, info.value.reason) == (1, "malformed_row")
+
+
+def test_utf8_bom_is_stripped(tmp_path: Path) -> None:
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfreport_id,findings,impression\nA1,Heart normal.,Ok.\n")
+    ds, report = load_user(csv_path)
+    assert ds["report_id"] == ["A1"] and report.kept == 1
+    jsonl_path = tmp_path / "bom.jsonl"
+    jsonl_path.write_bytes(b'\xef\xbb\xbf{"report_id": "A1", "findings": "Heart normal.", "impression": "Ok."}\n')
+    ds, report = load_user(jsonl_path)
+    assert ds["report_id"] == ["A1"] and report.issues == []
+
+
+def test_duplicate_id_of_a_skipped_row_is_reported(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [user_row("A", impression=""), user_row("A", FINDINGS_B)])
+    ds, report = load_user(path, USER_MAP)
+    assert len(ds) == 0 and report.skipped == Counter({"empty_impression": 1, "duplicate_id": 1})
+    dup = [i for i in report.issues if i.reason == "duplicate_id"][0]
+    assert dup.row == 2 and "row 1" in dup.message and "skipped" in dup.message
+
+
+def test_nul_bytes_are_refused(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "n.jsonl", [user_row("A", "Heart\x00 normal."), user_row("B", FINDINGS_B)])
+    ds, report = load_user(path, USER_MAP)
+    assert ds["report_id"] == ["B"] and report.skipped == Counter({"nul_byte": 1})
+    assert (report.issues[0].row, report.issues[0].field) == (1, "findings")
+    with pytest.raises(DataValidationError, match=r"row 1 .*field 'findings'.*NUL"):
+        load_user(path, USER_MAP, strict=True)
+
+
+def test_missing_column_names_a_case_only_difference(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text("AccessionNumber,Findings,Impression\nA1,Heart normal.,Ok.\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"'Findings' differs from 'findings' only by case"):
+        load_user(path, {"findings": "findings", "impression": "Impression"})
+
+
+def test_out_of_scope_studies_are_skipped_and_counted(tmp_path: Path) -> None:
+    rows = [{"report_id": "a", "modality": "XR", "body_part": "CHEST", "findings": FINDINGS_A, "impression": "Ok."},
+            {"report_id": "b", "modality": "CT", "body_part": "HEAD", "findings": FINDINGS_B, "impression": "Ok."},
+            {"report_id": "c", "modality": "CR", "body_part": "Chest", "findings": FINDINGS_C, "impression": "Ok."},
+            {"report_id": "d", "modality": "MR", "body_part": "CHEST", "findings": "Other.", "impression": "Ok."},
+            {"report_id": "e", "findings": "Unknown study.", "impression": "Ok."}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    for strict in (False, True):  # a scope filter, not a data error: strict mode does not raise
+        ds, report = load_user(path, strict=strict, modalities=["XR"], body_parts=["CHEST"])
+        assert ds["report_id"] == ["a", "c", "e"]  # CR is a radiograph; an unknown study is kept
+        assert report.skipped == Counter({"out_of_scope": 2})
+        assert {i.row: i.field for i in report.issues} == {2: "modality", 4: "modality"}
+        assert "CT HEAD" in report.issues[0].message and "XR CHEST" in report.issues[0].message
+    ds, report = load_user(path, modalities=[], body_parts=[])
+    assert len(ds) == 5 and not report.skipped
+
+
+def test_load_from_config_applies_the_study_scope(tmp_path: Path, data_fake_root: Path) -> None:
+    rows = [{"report_id": f"r{i}", "modality": "CT" if i % 5 == 0 else "XR", "body_part": "CHEST",
+             "findings": f"Finding {i}.", "impression": "Ok."} for i in range(40)]
+    path = write_jsonl(tmp_path / "mine.jsonl", rows)
+    _, report = load_from_config(None, "user", user_data_path=path, modalities=["XR"], body_parts=["CHEST"])
+    assert report["loads"]["user"]["skipped"] == {"out_of_scope": 8}
+    assert report["scope"] == {"modalities": ["XR"], "body_parts": ["CHEST"]}
+
+
+def test_user_data_beside_the_benchmark_gets_all_three_splits(tmp_path: Path, data_synthetic_dir: Path) -> None:
+    rows = [user_row(f"U{i}", f"Own finding {i}.", f"Impression {i}.") for i in range(50)]
+    rows.append(user_row("T", "Finding number 8.", "z"))  # a benchmark test report stays in test
+    path = write_jsonl(tmp_path / "own.jsonl", rows)
+    dd, report = load_from_config(data_synthetic_dir, "user", user_data_path=path, user_column_map=USER_MAP, seed=1)
+    sizes = report["split_sizes"]
+    assert sizes["test"] >= 5 and sizes["validate"] >= 5 and sizes["train"] >= 35 and sum(sizes.values()) == 51
+    assert "T" in dd["test"]["report_id"]
+    assignment = report["split_assignment"]
+    assert assignment["benchmark_members"] == {"test": 1}
+    assert sum(assignment["seeded"].values()) == 50 and assignment["seed"] == 1
+    assert {s: assignment[s] for s in ("train", "validate", "test")} == sizes
+    again, _ = load_from_config(data_synthetic_dir, "user", user_data_path=path, user_column_map=USER_MAP, seed=1)
+    assert again["test"]["report_id"] == dd["test"]["report_id"]
+
+
+def test_download_without_network_prints_one_line(
+    data_fake_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def offline(dest: Any) -> None:
+        try:
+            raise OSError("[Errno -3] Temporary failure in name resolution")
+        except OSError as exc:
+            raise DownloadError(f"downloading https://example.invalid/x.tgz failed: {exc}") from exc
+
+    monkeypatch.setattr(loading, "download_openi", offline)
+    assert data.main(["download"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err + captured.out
+    assert "RADIMPRESS_DATA" in lines[0] and "Temporary failure in name resolution" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Synthetic sample (a newcomer without data)
+# ---------------------------------------------------------------------------------------
+
+
+def test_synthetic_reports_are_templated_labelled_and_seeded() -> None:
+    import re
+
+    from radimpress_lib.data import synthetic
+
+    reports = synthetic.synthetic_reports(200, seed=0)
+    assert reports == synthetic.synthetic_reports(200, seed=0) != synthetic.synthetic_reports(200, seed=1)
+    sentence_patterns = [
+        re.escape(t).replace(r"\{Size\}", r"\w+").replace(r"\{side\}", r"\w+").replace(r"\{lobe\}", r"\w+")
+        .replace(r"\{degree\}", r"\w+").replace(r"\{mm\}", r"\d+")
+        for t in [a["findings"] for a in synthetic._ABNORMAL] + [n for ns in synthetic._NORMAL.values() for n in ns]
+    ]
+    templated = re.compile("|".join(f"(?:{p})" for p in sentence_patterns))
+    for r in reports:
+        assert r["synthetic"] is True and (r["modality"], r["body_part"]) == ("XR", "CHEST")
+        assert r["radiologist_id"].startswith("synthetic-reader-")
+        assert templated.sub("", r["findings"]).strip() == "", r["findings"]  # nothing but template sentences
+        for term in r["mesh"]:  # each label names a finding the text states
+            label = term.split("/")[0].lower()
+            assert label == "normal" or label.split()[-1].rstrip("s") in (r["findings"] + r["impression"]).lower() \
+                or (label == "pneumonia" and "consolidation" in r["findings"]) \
+                or (label == "cardiomegaly" and "enlarged" in r["findings"]) \
+                or (label == "spine" and "spine" in r["findings"])
+    assert len({r["findings"] for r in reports}) > 150 and len({r["radiologist_id"] for r in reports}) == 4
+
+
+def test_synthetic_sample_only_when_no_data_folder_at_all(
+    tmp_path: Path, data_fake_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(DataNotFoundError):  # not asked for: the error says how to get data, as before
+        load_from_config(None, "benchmark")
+    dd, report = load_from_config(None, "benchmark", synthetic_fallback=True, seed=42)
+    assert report["data_source"] == "synthetic" and "SYNTHETIC" in report["synthetic"]["note"]
+    assert Path(report["files_read"][0]) == data_fake_root / ".cache" / "synthetic-data" / "synthetic_reports.jsonl"
+    assert min(report["split_sizes"].values()) >= 30
+    assert all(rid.startswith("syn-") for s in dd for rid in dd[s]["report_id"])
+    # a data folder named but missing is an error, never a reason to use synthetic data
+    monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path / "typo"))
+    with pytest.raises(DataNotFoundError, match=r"\$RADIMPRESS_DATA"):
+        load_from_config(None, "benchmark", synthetic_fallback=True)
+    monkeypatch.delenv(data.ENV_DATA_DIR)
+    # real data found: the synthetic sample is never used
+    shared = data_fake_root.parent / "shared" / "data"
+    make_bench(shared / "opi-benchmark", {s: [(10 * k + i, f"Finding {s} {i}.", "Ok.") for i in range(3)]
+                                          for k, s in enumerate(("train", "validate", "test"))})
+    _, real = load_from_config(None, "benchmark", synthetic_fallback=True)
+    assert real["data_source"] == "benchmark" and real["synthetic"] is None
+
+
+def test_ci_tiny_runs_on_the_synthetic_sample_and_says_so(data_fake_root: Path) -> None:
+    from radimpress_lib.core import config
+
+    params = config.load_params("ci-tiny")
+    assert params.data.synthetic_fallback and not config.load_params("smollm2-135m").data.synthetic_fallback
+    dd, info = data.load_data(params)
+    assert info["summary"].startswith("SYNTHETIC data")
+    assert info["totals"]["synthetic"] is True and info["data_files"][0].name == "synthetic_reports.jsonl"
+    assert {s: len(dd[s]) for s in dd} == {"train": 48, "validate": 16, "test": 16}  # ci-tiny's limits are met
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert ".cache/" in ignored and loading.synthetic_data_dir().relative_to(data_fake_root).parts[0] == ".cache"

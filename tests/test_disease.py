@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from radimpress_lib import config, disease
+from radimpress_lib.core import artifacts, config
+from radimpress_lib.notebook import disease
 
 
 def _rec(rid, findings, impression="No acute disease.", mesh=(), problems=(), split="train"):
@@ -37,9 +38,9 @@ def test_select_slice_keywords_and_mesh():
 
 
 def test_fields_and_mesh_only_configs():
-    findings_only = config.DiseaseStageConfig(disease_fields=["findings"], disease_mesh_terms=[])
+    findings_only = config.DiseaseStageConfig(fields=["findings"], mesh_terms=[])
     assert [r["report_id"] for r in disease.select_slice(RECORDS, findings_only)[0]] == ["1", "6", "7"]
-    mesh_only = config.DiseaseStageConfig(disease_keywords=[], disease_mesh_terms=["nodule", "mass"])
+    mesh_only = config.DiseaseStageConfig(keywords=[], mesh_terms=["nodule", "mass"])
     assert [r["report_id"] for r in disease.select_slice(RECORDS, mesh_only)[0]] == ["5", "7"]
     slices, table = disease.slice_table({"train": RECORDS, "test": RECORDS[:2]}, config.DiseaseStageConfig())
     assert table.loc["train", "n_slice"] == 5 and table.loc["test", "n_slice"] == 1 and len(slices["test"]) == 1
@@ -47,18 +48,17 @@ def test_fields_and_mesh_only_configs():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="not a regular expression"):
-        config.DiseaseStageConfig(disease_keywords=["nodul(e"])
-    with pytest.raises(ValueError, match="disease_keywords or disease_mesh_terms"):
-        config.DiseaseStageConfig(disease_keywords=[], disease_mesh_terms=[])
+        config.DiseaseStageConfig(keywords=["nodul(e"])
+    with pytest.raises(ValueError, match="keywords or mesh_terms"):
+        config.DiseaseStageConfig(keywords=[], mesh_terms=[])
     with pytest.raises(ValueError):
-        config.DiseaseStageConfig(disease_area="Onco Logy")
+        config.DiseaseStageConfig(area="Onco Logy")
 
 
 def test_disease_adapter_on_tiny_model(tmp_path):
     params = config.load_params("params/ci-tiny.yaml")
-    flat = params.flat() | {"run_output_dir": str(tmp_path), "disease_init": "base", "disease_sft_max_steps": 2,
-                            "sft_logging_steps": 1, "sft_num_threads": 1}
-    params = config.from_mapping(flat)
+    params = params.override({"run": {"output_dir": str(tmp_path)}, "disease": {"init": "base", "max_steps": 2},
+                              "sft": {"logging_steps": 1, "num_threads": 1}})
     with pytest.raises(ValueError, match="train slice .* is empty"):
         disease.train_disease_adapter(params, [], None)
     with pytest.raises(FileNotFoundError, match="no disease adapter"):
@@ -67,12 +67,12 @@ def test_disease_adapter_on_tiny_model(tmp_path):
     lines = []
     result = disease.train_disease_adapter(params, train, train[:2], log=lines.append)
     assert result.global_step == 2 and result.final_eval_loss is not None
-    assert (disease.disease_dir(params) / "adapter" / "adapter_config.json").is_file()
-    run = json.loads((disease.disease_dir(params) / "sft_run.json").read_text())
-    assert run["n_train"] == len(train) and run["settings"]["sft_max_steps"] == 2
+    assert (artifacts.disease_dir(params) / "adapter" / "adapter_config.json").is_file()
+    run = json.loads((artifacts.disease_dir(params) / "sft_run.json").read_text())
+    assert run["n_train"] == len(train) and run["settings"]["max_steps"] == 2
     _model, _tokenizer, info = disease.load_disease_model(params)
     assert info["disease_adapter"] == "disease_oncology/adapter"
     # init 'general' needs the general SFT adapter of notebook 02 in the run folder.
-    general = config.from_mapping(flat | {"disease_init": "general"})
+    general = params.override({"disease": {"init": "general"}})
     with pytest.raises(FileNotFoundError, match="run notebook 02 first"):
         disease.train_disease_adapter(general, train, None)

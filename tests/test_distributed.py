@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from radimpress_lib import distributed
-from radimpress_lib.paths import PROJECT_ROOT
+from radimpress_lib.core.paths import PROJECT_ROOT
+from radimpress_lib.train import distributed
 
 CONFIGS = PROJECT_ROOT / "configs" / "accelerate"
 
@@ -55,7 +55,7 @@ def _run(cmd: list[str], out_dir) -> dict:
 @pytest.mark.timeout(600)
 def test_two_gloo_processes_match_one_process(tmp_path):
     """Same effective batch (4 = 1 x 4 = 2 x 2), same seeded order: per-step losses and grad norms agree."""
-    common = ["-m", "radimpress_lib.distributed", "--params", "ci-tiny", "--effective-batch", "4", "--max-steps", "3",
+    common = ["-m", "radimpress_lib.train.distributed", "--params", "ci-tiny", "--effective-batch", "4", "--max-steps", "3",
               "--threads", "1", "--no-group-by-length", "--no-eval"]
     one = _run([sys.executable, *common, "--output-dir", str(tmp_path / "p1")], tmp_path / "p1")
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "multi_cpu.yaml"),

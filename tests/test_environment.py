@@ -7,7 +7,7 @@ import tomllib
 import yaml
 from packaging.requirements import Requirement
 
-from radimpress_lib.paths import PROJECT_ROOT
+from radimpress_lib.core.paths import PROJECT_ROOT
 
 
 def _norm(spec: str) -> tuple[str, str]:

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import pandas as pd
 import pytest
 
-from radimpress_lib import explore
-from radimpress_lib.schema import records_to_dataset
+from radimpress_lib.core.schema import records_to_dataset
+from radimpress_lib.notebook import explore, plots
 
 
 def _rec(i, split, impression, mesh, indication="", findings="Lungs are clear."):
@@ -97,5 +97,5 @@ def test_token_lengths_and_summary(frame, tmp_path):
     summary = explore.length_summary(lengths)
     assert summary.loc[("findings", "test"), "max"] == 9
     fig = explore.plot_lengths(lengths)
-    path = explore.save_figure(fig, tmp_path / "figs", "lengths")
+    path = plots.save_figure(fig, tmp_path / "figs", "lengths")
     assert path.is_file() and path.stat().st_size > 1000

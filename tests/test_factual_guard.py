@@ -6,8 +6,9 @@ import pytest
 from graph_fixtures import tiny_llama
 from transformers import AutoTokenizer
 
-from radimpress_lib import config, factual_guard
-from radimpress_lib.generation import read_predictions_jsonl
+from radimpress_lib.core import config
+from radimpress_lib.evaluation import factual_guard
+from radimpress_lib.llm.generation import read_predictions_jsonl
 
 RECORDS = [
     {"report_id": "1", "findings": "No pneumothorax. No pleural effusion. Heart size is normal.",
@@ -88,5 +89,5 @@ def test_guard_input_checks(tokenizer) -> None:
     with pytest.raises(ValueError, match="does not match"):
         factual_guard.guard_predictions(model, tokenizer, RECORDS, _rows(["a", "b", "c"])[::-1], n_candidates=2,
                                         max_new_tokens=4)
-    with pytest.raises(ValueError, match="eval_guard_candidates"):
-        config.EvalStageConfig(eval_guard_candidates=1)
+    with pytest.raises(ValueError, match="guard_candidates"):
+        config.EvalStageConfig(guard_candidates=1)

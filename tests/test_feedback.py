@@ -1,4 +1,4 @@
-"""Feedback store (radimpress_lib.feedback): WAL, schema migrations, append-only, concurrency, pair export."""
+"""Feedback store (radimpress_lib.data.feedback): WAL, schema migrations, append-only, concurrency, pair export."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import sqlite3
 import time
 
 import pytest
-import yaml
 
-from radimpress_lib import config
-from radimpress_lib import feedback as F
-from radimpress_lib.feedback import Candidate, FeedbackError, FeedbackStore, Judgement, ReviewItem
+from radimpress_lib.core import config
+from radimpress_lib.data import feedback as F
+from radimpress_lib.data.feedback import Candidate, FeedbackError, FeedbackStore, Judgement, ReviewItem
 
 RECORD = {"findings": "Small left pleural effusion. Heart size normal.", "indication": "Dyspnea.", "comparison": "",
           "modality": "XR", "body_part": "CHEST"}
@@ -39,11 +38,11 @@ def store(tmp_path):
 def test_new_store_is_wal_at_current_schema(tmp_path):
     with FeedbackStore(tmp_path / "new.sqlite") as s:
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert s.schema_version == F.SCHEMA_VERSION == 2
+        assert s.schema_version == F.SCHEMA_VERSION == 3
         versions = [r[0] for r in s._conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
     with FeedbackStore(tmp_path / "new.sqlite") as again:  # reopening migrates nothing
-        assert again._conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 2
+        assert again._conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 3
 
 
 def test_judgement_roundtrip_and_edits_append(store):
@@ -154,7 +153,7 @@ def test_upgrade_from_v1_keeps_every_judgement(tmp_path):
     path = tmp_path / "old.sqlite"
     _v1_store(path)
     with FeedbackStore(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
         kinds = dict(s._conn.execute("SELECT reviewer_id, kind FROM reviewers").fetchall())
         assert kinds == {"dr-old": "human", "simulated-old": "simulated"}
         assert s.counts()["judgements"] == 3 and s.counts()["current_judgements"] == 2
@@ -263,15 +262,13 @@ def test_export_skips_simulated_test_split_and_contradictions(store):
 
 
 def _params(tmp_path, **review):
-    values = yaml.safe_load(config.params_path("ci-tiny").read_text())
-    values |= {"run_output_dir": str(tmp_path)} | review
-    return config.from_mapping(values)
+    return config.load_params("ci-tiny", {"run": {"output_dir": str(tmp_path)}, "review": review})
 
 
 def test_feedback_pairs_for_dpo_switch(tmp_path):
-    params = _params(tmp_path, review_pairs_to_dpo=False)
+    params = _params(tmp_path, pairs_to_dpo=False)
     assert F.feedback_pairs_for_dpo(params) == []
-    on = _params(tmp_path, review_pairs_to_dpo=True, review_pairs_include_simulated=False)
+    on = _params(tmp_path, pairs_to_dpo=True, pairs_include_simulated=False)
     pairs, info = F.feedback_pairs_for_dpo(on, with_info=True)
     assert pairs == [] and "no review database" in info["reason"]
     with FeedbackStore(F.review_db_path(on)) as s:
@@ -281,7 +278,7 @@ def test_feedback_pairs_for_dpo_switch(tmp_path):
         s.register_reviewer("dr-a")
         _judge(s, item.item_id, "simulated-1", {"A": 5, "B": 1, "C": 5}, preferred_label="A")
     assert F.feedback_pairs_for_dpo(on) == []  # simulated judgements stay out of training by default
-    sim = _params(tmp_path, review_pairs_to_dpo=True, review_pairs_include_simulated=True)
+    sim = _params(tmp_path, pairs_to_dpo=True, pairs_include_simulated=True)
     assert len(F.feedback_pairs_for_dpo(sim)) == 3  # A > B, A > C (preferred); C > B (rating)
 
 
@@ -313,3 +310,114 @@ def test_busy_database_is_retried_then_reported(tmp_path):
         blocker.close()
     with FeedbackStore(path) as s:
         assert s.counts()["judgements"] == 1
+
+
+# ---------------------------------------------------------------------------- hardening (issue 18)
+
+#: Raw SQL another program (or a careless analyst) could run to rewrite a stored judgement.
+REWRITES = {
+    "insert or replace rating": "INSERT OR REPLACE INTO ratings (judgement_id, label, likert) VALUES (:jid, 'A', 5)",
+    "replace into rating": "REPLACE INTO ratings (judgement_id, label, likert) VALUES (:jid, 'A', 5)",
+    "upsert rating": "INSERT INTO ratings (judgement_id, label, likert) VALUES (:jid, 'A', 5) "
+                     "ON CONFLICT (judgement_id, label) DO UPDATE SET likert = 5",
+    "update rating": "UPDATE ratings SET likert = 5 WHERE judgement_id = :jid",
+    "update or replace rating": "UPDATE OR REPLACE ratings SET likert = 5 WHERE judgement_id = :jid",
+    "delete rating": "DELETE FROM ratings WHERE judgement_id = :jid",
+    "replace judgement by id": "INSERT OR REPLACE INTO judgements (judgement_id, judgement_uid, item_id, "
+                               "reviewer_id, created_utc, comment) "
+                               "VALUES (:jid, 'new-uid', 'feedback-r1-x', 'dr-a', 'now', 'forged')",
+    "replace judgement by uid": "INSERT OR REPLACE INTO judgements (judgement_uid, item_id, reviewer_id, created_utc, "
+                                "comment) SELECT judgement_uid, item_id, reviewer_id, 'now', 'forged' FROM judgements "
+                                "WHERE judgement_id = :jid",
+    "replace candidate": "INSERT OR REPLACE INTO candidates (item_id, label, position, text) "
+                         "VALUES ('feedback-r1-x', 'A', 0, 'forged')",
+    "replace blinding": "INSERT OR REPLACE INTO blinding (item_id, label, system) "
+                        "VALUES ('feedback-r1-x', 'A', 'sys1')",
+    "replace item": "INSERT OR REPLACE INTO items SELECT item_id, report_id, pool, 'test', record_json, created_utc "
+                    "FROM items",
+    "replace reviewer": "INSERT OR REPLACE INTO reviewers (reviewer_id, kind, created_utc) "
+                        "VALUES ('dr-a', 'simulated', 'now')",
+    "replace migration log": "INSERT OR REPLACE INTO schema_migrations VALUES (1, 'now', 'forged')",
+}
+
+
+def _snapshot(path):
+    conn = sqlite3.connect(path)
+    try:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                for t in ("items", "candidates", "blinding", "reviewers", "judgements", "ratings", "schema_migrations")}
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("name", list(REWRITES))
+def test_stored_judgements_cannot_be_rewritten_with_raw_sql(store, name):
+    jid = store.add_judgement(Judgement("feedback-r1-x", "dr-a", {"A": 3, "B": 2, "C": 4}, comment="first"))
+    before = _snapshot(store.path)
+    conn = sqlite3.connect(store.path)  # another program's connection: no radimpress code in the way
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(REWRITES[name], {"jid": jid})
+        conn.commit()
+    finally:
+        conn.close()
+    assert _snapshot(store.path) == before
+    assert store.current_judgement("feedback-r1-x", "dr-a")["ratings"]["A"] == 3
+
+
+def test_old_stores_get_the_protection_by_migration(tmp_path, monkeypatch):
+    path = tmp_path / "v2.sqlite"
+    monkeypatch.setattr(F, "SCHEMA_VERSION", 2)  # a store written by the previous release
+    with FeedbackStore(path) as old:
+        old.add_item(*make_item())
+        old.register_reviewer("dr-a")
+        jid = old.add_judgement(Judgement("feedback-r1-x", "dr-a", {"A": 3, "B": 2, "C": 4}))
+    monkeypatch.undo()
+    conn = sqlite3.connect(path)
+    conn.execute(REWRITES["replace into rating"], {"jid": jid})  # the hole v2 had: REPLACE bypasses delete triggers
+    conn.commit()
+    assert conn.execute("SELECT likert FROM ratings WHERE judgement_id = ? AND label = 'A'", (jid,)).fetchone() == (5,)
+    conn.close()
+    with FeedbackStore(path) as s:
+        assert s.schema_version == 3
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            s._conn.execute(REWRITES["insert or replace rating"], {"jid": jid})
+
+
+def test_corrupt_foreign_or_closed_stores_give_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database, just text\n" * 200)
+    foreign = tmp_path / "pacs.sqlite"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE studies (accession TEXT PRIMARY KEY, body TEXT)")
+    conn.commit()
+    conn.close()
+    cases = [(junk, "not a SQLite database"), (foreign, "not a radimpress review store"), (tmp_path, "cannot open")]
+    for path, what in cases:
+        with pytest.raises(FeedbackError) as info:
+            FeedbackStore(path)
+        message = str(info.value)
+        assert str(path) in message and what in message and "\n" not in message
+    conn = sqlite3.connect(foreign)  # nothing was created in the other application's database
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["studies", "sqlite_autoindex_studies_1"]
+    conn.close()
+    closed = FeedbackStore(tmp_path / "fb.sqlite")
+    closed.close()
+    with pytest.raises(FeedbackError, match="is closed"):
+        closed.counts()
+
+
+def test_an_interactive_session_has_its_own_store_and_dpo_reads_it(tmp_path):
+    from radimpress_lib.core import artifacts
+
+    headless = _params(tmp_path, pairs_to_dpo=True)
+    interactive = headless.override({"review": {"mode": "interactive", "session": "reader-1"}})
+    session_db = artifacts.review_db_path(artifacts.review_output_params(interactive))
+    assert session_db == headless.output_dir / "review_sessions" / "reader-1" / "review" / "feedback.sqlite"
+    assert artifacts.review_output_params(headless) is headless  # make reproduce writes the run's own files
+    with FeedbackStore(session_db) as s:
+        item, key = make_item()
+        s.add_item(item, key)
+        s.register_reviewer("dr-a")
+        _judge(s, item.item_id, "dr-a", {"A": 5, "B": 1, "C": 5}, preferred_label="A")
+    assert len(F.feedback_pairs_for_dpo(interactive)) == 3 and F.feedback_pairs_for_dpo(headless) == []

@@ -1,4 +1,4 @@
-"""Batched generation on tiny models (radimpress_lib.generation)."""
+"""Batched generation on tiny models (radimpress_lib.llm.generation)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from radimpress_lib import generation, sft
-from radimpress_lib.generation import GenerationStageConfig
+from radimpress_lib.llm import generation
+from radimpress_lib.llm.generation import GenerationStageConfig
+from radimpress_lib.train import sft
 
 
 @pytest.fixture(scope="session")
 def tokenizer(smollm2_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    tok.pad_token = "<|endoftext|>"  # distinct from eos, as radimpress_lib.models sets it
+    tok.pad_token = "<|endoftext|>"  # distinct from eos, as radimpress_lib.llm.models sets it
     return tok
 
 
@@ -60,11 +61,11 @@ def test_batched_greedy_equals_one_by_one_in_input_order(model, tokenizer):
     recs = _records()
     lines: list[str] = []
     batched = generation.generate_impressions(
-        model, tokenizer, recs, GenerationStageConfig(gen_batch_size=3, gen_max_new_tokens=12),
+        model, tokenizer, recs, GenerationStageConfig(batch_size=3, max_new_tokens=12),
         model_name="tiny", log=_log_sink(lines),
     )
     single = generation.generate_impressions(
-        model, tokenizer, recs, GenerationStageConfig(gen_batch_size=1, gen_max_new_tokens=12),
+        model, tokenizer, recs, GenerationStageConfig(batch_size=1, max_new_tokens=12),
         model_name="tiny", log=lambda s: None,
     )
     assert [p["report_id"] for p in batched.predictions] == [r["report_id"] for r in recs]
@@ -93,7 +94,7 @@ def test_prefix_cache_gives_the_same_tokens_and_logs_it(model, tokenizer):
         lines: list[str] = []
         runs[cached] = generation.generate_impressions(
             model, tokenizer, recs,
-            GenerationStageConfig(gen_batch_size=3, gen_max_new_tokens=12, gen_prefix_cache=cached),
+            GenerationStageConfig(batch_size=3, max_new_tokens=12, prefix_cache=cached),
             model_name="tiny", log=_log_sink(lines),
         )
         runs[cached].lines = lines
@@ -106,7 +107,7 @@ def test_prefix_cache_gives_the_same_tokens_and_logs_it(model, tokenizer):
     assert on.params_hash == off.params_hash  # same outputs, same hash
     # beam search does not use the cache (it expands the batch itself)
     beams = generation.generate_impressions(
-        model, tokenizer, recs[:2], GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=4, gen_num_beams=2),
+        model, tokenizer, recs[:2], GenerationStageConfig(batch_size=2, max_new_tokens=4, num_beams=2),
         model_name="tiny", log=lambda s: None,
     )
     assert beams.prefix_tokens == 0
@@ -121,21 +122,21 @@ def test_prefix_cache_uses_the_current_cache_argument_without_deprecation_warnin
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a deprecated 'past_key_values' would raise here
         generation.generate_impressions(
-            model, tokenizer, _records()[:2], GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=3),
+            model, tokenizer, _records()[:2], GenerationStageConfig(batch_size=2, max_new_tokens=3),
             model_name="tiny", log=lambda s: None,
         )
 
 
 def test_beam_search_batched_equals_one_by_one(model, tokenizer):
     recs = _records()[:4]
-    cfgs = [GenerationStageConfig(gen_batch_size=b, gen_max_new_tokens=6, gen_num_beams=3) for b in (4, 1)]
+    cfgs = [GenerationStageConfig(batch_size=b, max_new_tokens=6, num_beams=3) for b in (4, 1)]
     batched, single = (
         generation.generate_impressions(model, tokenizer, recs, c, model_name="tiny", log=lambda s: None)
         for c in cfgs
     )
     assert [p["prediction"] for p in batched.predictions] == [p["prediction"] for p in single.predictions]
     assert batched.params_hash != generation.params_hash(
-        GenerationStageConfig(gen_batch_size=4, gen_max_new_tokens=6), {"model": "tiny"}
+        GenerationStageConfig(batch_size=4, max_new_tokens=6), {"model": "tiny"}
     )
 
 
@@ -146,13 +147,13 @@ def test_stops_at_end_of_turn_token(tokenizer, tmp_path):
     recs[1]["impression"] = "Degenerative spine."
     model = tiny_model(len(tokenizer), seed=1)
     cfg = sft.SFTStageConfig(
-        sft_method="full", sft_max_steps=15, sft_per_device_batch=2, sft_learning_rate=2e-2, sft_warmup_ratio=0.0,
-        sft_lr_scheduler="constant_with_warmup", sft_save_steps=1000, sft_logging_steps=15,
+        method="full", max_steps=15, per_device_batch=2, learning_rate=2e-2, warmup_ratio=0.0,
+        lr_scheduler="constant_with_warmup", save_steps=1000, logging_steps=15,
     )
     sft.train_sft(model, tokenizer, datasets.Dataset.from_list(recs), None, cfg, tmp_path / "sft", seed=0,
                   log=lambda s: None)
     res = generation.generate_impressions(
-        model, tokenizer, recs, GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=30),
+        model, tokenizer, recs, GenerationStageConfig(batch_size=2, max_new_tokens=30),
         model_name="tiny", log=lambda s: None,
     )
     for pred, rec in zip(res.predictions, recs):
@@ -165,7 +166,7 @@ def test_stops_at_end_of_turn_token(tokenizer, tmp_path):
 
 def test_jsonl_rows_and_params_hash(model, tokenizer, tmp_path):
     recs = _records()[:3]
-    cfg = GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=4)
+    cfg = GenerationStageConfig(batch_size=2, max_new_tokens=4)
     model_cfg = {"model_name": "tiny-llama", "adapter": None}
     out = tmp_path / "preds" / "validate.jsonl"
     res = generation.generate_impressions(
@@ -183,8 +184,8 @@ def test_jsonl_rows_and_params_hash(model, tokenizer, tmp_path):
         assert row["stopped"] is False and row["n_new_tokens"] == 4  # random model: ran to max_new_tokens
     assert res.n_not_stopped == 3
     # The hash covers generation and model settings, not the logging cadence.
-    assert generation.params_hash(cfg.model_copy(update={"gen_log_every": 5}), model_cfg) == expected
-    assert generation.params_hash(cfg.model_copy(update={"gen_max_new_tokens": 5}), model_cfg) != expected
+    assert generation.params_hash(cfg.model_copy(update={"log_every": 5}), model_cfg) == expected
+    assert generation.params_hash(cfg.model_copy(update={"max_new_tokens": 5}), model_cfg) != expected
     assert generation.params_hash(cfg, {**model_cfg, "adapter": "x"}) != expected
     summary = res.summary()
     assert summary["n_reports"] == 3 and "predictions" not in summary
@@ -192,7 +193,7 @@ def test_jsonl_rows_and_params_hash(model, tokenizer, tmp_path):
 
 
 def test_bad_inputs(model, tokenizer, tmp_path):
-    cfg = GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=2)
+    cfg = GenerationStageConfig(batch_size=2, max_new_tokens=2)
     with pytest.raises(ValueError, match="styles has 1 entries for 2 records"):
         generation.generate_impressions(model, tokenizer, _records()[:2], cfg, model_name="t", styles=["a"])
     dup = _records()[:2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from radimpress_lib.graph import (
+from radimpress_lib.clinical.graph import (
     EntityGraph,
     compare_to_findings,
     entity_key,

@@ -9,9 +9,9 @@ from graph_fixtures import tiny_llama as _tiny
 from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer
 
-from radimpress_lib import prompting
-from radimpress_lib.graph import EntityGraph, extract_graph
-from radimpress_lib.graph_encoder import GraphEncoder, GraphPrefixModel, encode_graphs
+from radimpress_lib.clinical.graph import EntityGraph, extract_graph
+from radimpress_lib.llm import prompting
+from radimpress_lib.llm.graph_encoder import GraphEncoder, GraphPrefixModel, encode_graphs
 
 
 @pytest.fixture(scope="module")

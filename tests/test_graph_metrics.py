@@ -1,4 +1,4 @@
-"""Graph metrics inside radimpress_lib.metrics: per-example statistics, rates, CIs, JSON round trip."""
+"""Graph metrics inside radimpress_lib.evaluation.metrics: per-example statistics, rates, CIs, JSON round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from radimpress_lib import metrics as M
+from radimpress_lib.evaluation import metrics as M
 
 FINDINGS = [
     "Heart size is normal. Small left pleural effusion. No pneumothorax.",

@@ -11,12 +11,13 @@ from graph_fixtures import RECORDS
 from graph_fixtures import tiny_llama as _tiny
 from transformers import AutoTokenizer
 
-from radimpress_lib import config, nbutils, prompting
-from radimpress_lib.config import GenerationStageConfig, GraphStageConfig, SFTStageConfig
-from radimpress_lib.generation import generate_impressions
-from radimpress_lib.graph import extract_graph, linearize_graph, with_findings_graph
-from radimpress_lib.graph_encoder import GraphEncoder, GraphPrefixModel
-from radimpress_lib.graph_sft import length_grouped_batches, load_graph_prefix_model, train_graph_prefix_sft
+from radimpress_lib.clinical.graph import extract_graph, linearize_graph, with_findings_graph
+from radimpress_lib.core import config, jsonio
+from radimpress_lib.core.config import GenerationStageConfig, GraphStageConfig, SFTStageConfig
+from radimpress_lib.llm import prompting, retrieval
+from radimpress_lib.llm.generation import generate_impressions
+from radimpress_lib.llm.graph_encoder import GraphEncoder, GraphPrefixModel
+from radimpress_lib.train.graph_sft import length_grouped_batches, load_graph_prefix_model, train_graph_prefix_sft
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +46,18 @@ def test_graph_text_slot_in_prompt(tokenizer) -> None:
 def test_with_prompt_context_graph_variants() -> None:
     params = config.load_params(config.params_path("ci-tiny"))
     pool = [dict(r, split="train") for r in RECORDS]
-    plain = nbutils.with_prompt_context(params, RECORDS[:1], pool)
-    assert "findings_graph" not in plain[0] and len(plain[0]["similar_impressions"]) == params.sft.sft_retrieval_k
-    text = nbutils.with_prompt_context(params, RECORDS[:1], pool, graph_variant="text")
+    plain = retrieval.with_prompt_context(params, RECORDS[:1], pool)
+    assert "findings_graph" not in plain[0] and len(plain[0]["similar_impressions"]) == params.sft.retrieval_k
+    text = retrieval.with_prompt_context(params, RECORDS[:1], pool, graph_variant="text")
     assert text[0]["findings_graph"].startswith("effusion [present; left")
     assert text[0]["similar_impressions"] == plain[0]["similar_impressions"]
-    assert "findings_graph" not in nbutils.with_prompt_context(params, RECORDS[:1], pool, graph_variant="gnn")[0]
+    assert "findings_graph" not in retrieval.with_prompt_context(params, RECORDS[:1], pool, graph_variant="gnn")[0]
     with pytest.raises(ValueError, match="graph variant"):
-        nbutils.with_prompt_context(params, RECORDS[:1], pool, graph_variant="nodes")
+        retrieval.with_prompt_context(params, RECORDS[:1], pool, graph_variant="nodes")
     with pytest.raises(ValueError, match="test-split"):
-        nbutils.with_prompt_context(params, RECORDS[:1], [dict(RECORDS[0], split="test")])
+        retrieval.with_prompt_context(params, RECORDS[:1], [dict(RECORDS[0], split="test")])
     with pytest.raises(ValueError, match="repeats a variant"):
-        GraphStageConfig(graph_ablation_variants=["gnn", "gnn"])
+        GraphStageConfig(ablation_variants=["gnn", "gnn"])
 
 
 def test_length_grouped_batches_cover_each_example_once() -> None:
@@ -76,9 +77,9 @@ def test_graph_prefix_generation_batched_equals_one_by_one(tokenizer) -> None:
     model = GraphPrefixModel(_tiny(len(tokenizer)), GraphEncoder(64, d_node=32, n_layers=2, n_prefix=3), max_nodes=16)
     with torch.no_grad():
         model.encoder.gain.fill_(1.0)  # a prefix that matters
-    batched = generate_impressions(model, tokenizer, RECORDS, GenerationStageConfig(gen_batch_size=4, gen_max_new_tokens=6),
+    batched = generate_impressions(model, tokenizer, RECORDS, GenerationStageConfig(batch_size=4, max_new_tokens=6),
                                    model_name="tiny")
-    single = generate_impressions(model, tokenizer, RECORDS, GenerationStageConfig(gen_batch_size=1, gen_max_new_tokens=6),
+    single = generate_impressions(model, tokenizer, RECORDS, GenerationStageConfig(batch_size=1, max_new_tokens=6),
                                   model_name="tiny")
     assert batched.prefix_tokens == 0  # no shared KV prefix: the soft prompt comes first and differs per report
     assert [p["prediction"] for p in batched.predictions] == [p["prediction"] for p in single.predictions]
@@ -87,7 +88,7 @@ def test_graph_prefix_generation_batched_equals_one_by_one(tokenizer) -> None:
     swapped = [dict(r, findings=RECORDS[(i + 1) % 4]["findings"]) for i, r in enumerate(RECORDS)]
     ids = torch.tensor([[1, 2, 3, 4]])
     g = [extract_graph(r["findings"]) for r in (RECORDS[0], swapped[0])]
-    from radimpress_lib.graph_encoder import encode_graphs
+    from radimpress_lib.llm.graph_encoder import encode_graphs
 
     a = model.lm(**model._inputs(ids, None, encode_graphs(g[:1], tokenizer))).logits
     b = model.lm(**model._inputs(ids, None, encode_graphs(g[1:], tokenizer))).logits
@@ -98,12 +99,12 @@ def test_graph_prefix_generation_batched_equals_one_by_one(tokenizer) -> None:
 
 
 def test_train_graph_prefix_sft_saves_and_reloads(tokenizer, tmp_path) -> None:
-    sft_cfg = SFTStageConfig(sft_max_steps=8, sft_per_device_batch=2, sft_grad_accum=2, sft_learning_rate=5e-3,
-                             sft_lora_r=4, sft_lora_alpha=8, sft_lora_targets=["q_proj", "v_proj"],
-                             sft_logging_steps=2, sft_warmup_ratio=0.0, sft_lr_scheduler="constant_with_warmup",
-                             sft_max_seq_len=256, sft_num_threads=1)
-    graph_cfg = GraphStageConfig(graph_n_prefix=3, graph_d_node=32, graph_n_layers=2, graph_max_nodes=16,
-                                 graph_encoder_lr=5e-3)
+    sft_cfg = SFTStageConfig(max_steps=8, per_device_batch=2, grad_accum=2, learning_rate=5e-3,
+                             lora_r=4, lora_alpha=8, lora_targets=["q_proj", "v_proj"],
+                             logging_steps=2, warmup_ratio=0.0, lr_scheduler="constant_with_warmup",
+                             max_seq_len=256, num_threads=1)
+    graph_cfg = GraphStageConfig(n_prefix=3, d_node=32, n_layers=2, max_nodes=16,
+                                 encoder_lr=5e-3)
     lines: list[str] = []
     result = train_graph_prefix_sft(_tiny(len(tokenizer)), tokenizer, RECORDS, RECORDS[:2], sft_cfg, graph_cfg,
                                     tmp_path / "gnn", seed=0, log=lines.append)
@@ -122,7 +123,7 @@ def test_train_graph_prefix_sft_saves_and_reloads(tokenizer, tmp_path) -> None:
 
     model = load_graph_prefix_model(_tiny(len(tokenizer)), tmp_path / "gnn")
     assert model.max_nodes == 16 and not model.training
-    out = generate_impressions(model, tokenizer, RECORDS, GenerationStageConfig(gen_batch_size=2, gen_max_new_tokens=8),
+    out = generate_impressions(model, tokenizer, RECORDS, GenerationStageConfig(batch_size=2, max_new_tokens=8),
                                model_name="tiny")
     assert len(out.predictions) == 4
     # the trained model fits its training impressions better than the untrained one
@@ -134,25 +135,26 @@ def test_train_graph_prefix_sft_saves_and_reloads(tokenizer, tmp_path) -> None:
         load_graph_prefix_model(_tiny(len(tokenizer)), tmp_path / "missing")
     with pytest.raises(ValueError, match="LoRA adapter"):
         train_graph_prefix_sft(_tiny(len(tokenizer)), tokenizer, RECORDS, None,
-                               sft_cfg.model_copy(update={"sft_method": "full"}), graph_cfg, tmp_path / "x", seed=0)
+                               sft_cfg.model_copy(update={"method": "full"}), graph_cfg, tmp_path / "x", seed=0)
 
 
 def _nll(model: GraphPrefixModel, tokenizer, graph_cfg: GraphStageConfig) -> float:
-    from radimpress_lib.graph_sft import _batch_loss, _graphs
+    from radimpress_lib.train.graph_sft import _batch_loss, _graphs
 
     ex = prompting.build_sft_dataset(tokenizer, RECORDS, 250)[0].to_dict()
     with torch.no_grad():
-        loss, _, _ = _batch_loss(model, ex, _graphs(RECORDS), range(4), tokenizer, graph_cfg.graph_max_nodes, 0, None)
+        loss, _, _ = _batch_loss(model, ex, _graphs(RECORDS), range(4), tokenizer, graph_cfg.max_nodes, 0, None)
     return float(loss)
 
 
 def _params_in(tmp_path):
     params = config.load_params(config.params_path("ci-tiny"))
-    return params.model_copy(update={"run": params.run.model_copy(update={"run_output_dir": str(tmp_path)})})
+    return params.model_copy(update={"run": params.run.model_copy(update={"output_dir": str(tmp_path)})})
 
 
 def test_load_sft_baseline_checks_predictions(tmp_path) -> None:
-    from radimpress_lib import generation, graph_ablation
+    from radimpress_lib.llm import generation
+    from radimpress_lib.notebook import graph_ablation
 
     params = _params_in(tmp_path)
     test = [{"report_id": r["report_id"], "impression": r["impression"]} for r in RECORDS]
@@ -161,7 +163,7 @@ def test_load_sft_baseline_checks_predictions(tmp_path) -> None:
     (tmp_path / "sft.json").write_text(json.dumps({"wall_time_s": 10.0, "tokens_per_s": 100.0}))
     with pytest.raises(FileNotFoundError, match="sft.jsonl: missing; run notebook 05"):
         graph_ablation.load_sft_baseline(params, test)
-    good = generation.params_hash(params.gen, {"model": params.model.model_name, "adapter": "sft/adapter",
+    good = generation.params_hash(params.gen, {"model": params.model.name, "adapter": "sft/adapter",
                                                "sft": params.params_hash("sft")})
     rows = [{"report_id": r["report_id"], "prediction": f"pred {r['report_id']}", "reference": r["impression"],
              "model": "m", "params_hash": good} for r in reversed(test)]
@@ -182,7 +184,7 @@ def test_load_sft_baseline_checks_predictions(tmp_path) -> None:
 def test_ablation_table_deltas_and_times() -> None:
     import pandas as pd
 
-    from radimpress_lib.graph_ablation import ablation_table
+    from radimpress_lib.notebook.graph_ablation import ablation_table
 
     scores = {"sft": {"rougeL": 50.0, "rougeL_ci": [45.0, 55.0]}, "sft_graph_text": {"rougeL": 53.0, "rougeL_ci": [48.0, 58.0]}}
     deltas = pd.DataFrame([{"system": "sft", "vs": "sft_graph_text", "metric": "rougeL", "delta": -3.0,
@@ -199,6 +201,6 @@ def test_frame_records_turns_missing_values_into_none() -> None:
     import pandas as pd
 
     frame = pd.DataFrame({"system": ["sft", "text"], "delta": [float("nan"), 1.5], "ci": [None, "[0.1, 2.0]"]})
-    assert nbutils.frame_records(frame) == [{"system": "sft", "delta": None, "ci": None},
+    assert jsonio.frame_records(frame) == [{"system": "sft", "delta": None, "ci": None},
                                             {"system": "text", "delta": 1.5, "ci": "[0.1, 2.0]"}]
-    json.dumps(nbutils.frame_records(frame), allow_nan=False)
+    json.dumps(jsonio.frame_records(frame), allow_nan=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from radimpress_lib.labeler import (
+from radimpress_lib.clinical.labeler import (
     ABSENT,
     NEGATIVE,
     OBSERVATIONS,

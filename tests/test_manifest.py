@@ -1,4 +1,4 @@
-"""Tests for radimpress_lib.manifest (run manifests)."""
+"""Tests for radimpress_lib.core.manifest (run manifests)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from radimpress_lib import manifest as mf
+from radimpress_lib.core import manifest as mf
 
 
 @pytest.fixture()

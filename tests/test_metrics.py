@@ -1,4 +1,4 @@
-"""Tests for radimpress_lib.metrics on small synthetic data with known answers."""
+"""Tests for radimpress_lib.evaluation.metrics on small synthetic data with known answers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sacrebleu
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from radimpress_lib import metrics as M
-from radimpress_lib.labeler import OBSERVATIONS, POSITIVE, UNCERTAIN, label_report
+from radimpress_lib.clinical.labeler import OBSERVATIONS, POSITIVE, UNCERTAIN, label_report
+from radimpress_lib.evaluation import metrics as M
 
 REFS = [
     "No acute cardiopulmonary abnormality.",

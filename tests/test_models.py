@@ -1,4 +1,4 @@
-"""Tests for radimpress_lib.models (registry, loading, caching, backends).
+"""Tests for radimpress_lib.llm.models (registry, loading, caching, backends).
 
 The SmolLM2 tokenizer (and, for one test, the SmolLM2 model) come from the
 project model cache, so only the first run converts the GGUF.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from radimpress_lib import models as md
+from radimpress_lib.llm import models as md
 
 
 @pytest.fixture()
@@ -122,7 +122,7 @@ def test_configure_cpu_threads_respects_omp(monkeypatch) -> None:
         monkeypatch.setenv("OMP_NUM_THREADS", "lots")
         with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
             md.configure_cpu_threads()
-        assert md.configure_cpu_threads(2) == 2 and torch.get_num_threads() == 2  # explicit n (sft_num_threads) wins
+        assert md.configure_cpu_threads(2) == 2 and torch.get_num_threads() == 2  # explicit n (sft.num_threads) wins
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert md.configure_cpu_threads() == md.physical_cores() >= 1
     finally:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import os
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from radimpress_lib import runner
-from radimpress_lib.paths import NOTEBOOKS_DIR
+from radimpress_lib.core.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+from radimpress_lib.notebook import runner
 
 NOTEBOOKS = runner.numbered_notebooks()
 ALL_NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -83,6 +85,61 @@ def test_chain_runs_on_ci_tiny(tmp_path):
         assert int(row["n_fixed"]) + int(row["n_unresolved"]) == int(row["n_flagged"]) <= 16
         assert {"rougeL", "negation_flip_rate", "negation_flip_rate_labeler"} <= set(metrics[name])
         assert "negation_flip_rate_labeler" in metrics[name.removesuffix("_guarded")]
+    # two protocols: metrics.json is the deduplicated (headline) one, with the leaky / clean split and the
+    # clinical view per system; metrics_published.json the published one on the run's share of the 250 subset
+    assert metrics["protocol"] == "deduplicated"
+    for system in ("majority", "retrieval", "sft", "fine_dpo"):
+        assert {"n_leaky", "n_clean", "rougeL_leaky", "rougeL_clean_ci", "bleu_leaky", "missed_abnormality_rate",
+                "missed_abnormality_rate_ci", "n_reference_abnormal"} <= set(metrics[system])
+        assert metrics[system]["n_leaky"] + metrics[system]["n_clean"] == 16
+        assert all("recall_ci" in row and "f1_ci" in row for row in metrics[system]["per_finding_f1"])
+    published = json.loads((out / "metrics_published.json").read_text())
+    subset = published["subset"]
+    assert published["protocol"] == "published" and 0 < published["n"] <= 16 and subset["size"] == 250
+    assert subset["n_scored"] == published["n"] and not subset["complete"] and subset["rule_reproduced"]
+    assert {"majority", "retrieval", "sft_dedup", "fine_dpo_dedup", "fine_rl_dedup"} <= set(published)
+    for system in ("majority", "retrieval", "sft_dedup"):
+        assert {"rougeL_published", "rougeL_published_ci", "bleu_published", "bleu_published_leaky",
+                "rougeL_published_clean_ci", "n_leaky", "missed_abnormality_rate", "trained_on"} <= set(published[system])
+        assert "rougeL" not in published[system] and "bleu" not in published[system]  # never beside the headline's
+    if (out / "sft_published" / "adapter").is_dir():
+        assert "sft_published" in published
+    else:  # no protocol-A model trained: skipped with a visible note
+        assert "sft_published" not in published and any("sft_published" in n for n in subset["notes"])
+    page = (out / "05_evaluate.html").read_text()
+    assert "68.2 (published)" in page and "not CheXbert" in page and "Published protocol" in page
+    # notebook 05's review triage: the risk model fitted on validate drafts, every model system on test
+    from radimpress_lib.evaluation.triage import RISK_MODEL_FILE, RiskModel
+
+    triage = json.loads((out / "triage.json").read_text())
+    assert {"sft", "sft_guarded", "fine_dpo", "fine_rl"} <= set(triage) and "majority" not in triage
+    for system in ("sft", "fine_rl"):
+        t = triage[system]
+        assert {"recall", "recall_ci", "precision", "flag_rate", "flag_rate_ci", "threshold", "missed_abnormal_recall",
+                "auc", "rules_default", "rules_omissions", "curve"} <= set(t)
+        assert 0 <= t["flag_rate"] <= 100 and t["n"] == 16 and len(t["curve"]["recall"]) == 101
+    assert "not CheXbert" in triage["labeler"] and triage["risk_model"]["n_validate"] == 16
+    risk_model = RiskModel.load(out / RISK_MODEL_FILE)
+    assert risk_model.threshold == triage["sft"]["threshold"] and risk_model.curve["flag_rate"]
+    assert "review_triage" in {p.stem for p in (out / "figures").iterdir()} and "Review triage" in page
+    # rendered pages open on results: no parameter cells, a generated summary, the take-away of 05
+    run_log = json.loads((out / "run_log.json").read_text())
+    assert set(run_log) == set(timings) and all(r["status"] == "ok" and r["stage"] for r in run_log.values())
+    for nb in NOTEBOOKS:
+        html = (out / nb.with_suffix(".html").name).read_text()
+        assert "which params/&lt;name&gt;.yaml" not in html and "params <code>ci-tiny</code>" in html, nb.name
+    assert "Take-away" in (out / "05_evaluate.html").read_text()
+    # committed outputs hold no machine paths and no library warnings
+    data_dir = str(Path(os.environ["RADIMPRESS_DATA"]).resolve()) if os.environ.get("RADIMPRESS_DATA") else ""
+    for path in [*out.glob("*.ipynb"), *out.glob("*.html"), *out.glob("*.json")]:
+        text = path.read_text()
+        assert str(PROJECT_ROOT) not in text, f"{path.name} holds an absolute path of the checkout"
+        assert not data_dir or data_dir not in text
+    for nb in NOTEBOOKS:
+        for cell in nbformat.read(out / nb.name, as_version=4).cells:
+            for output in cell.get("outputs", []):
+                if output.get("name") == "stderr":
+                    assert "Warning" not in output["text"], f"{nb.name}: {output['text'][:300]}"
     ablation = json.loads((out / "graph_ablation.json").read_text())
     assert [r["system"] for r in ablation["table"]] == ["sft", "sft_graph_text", "sft_graph_gnn"]
     assert all(ablation["train"][s]["wall_time_s"] > 0 for s in ("sft", "sft_graph_text", "sft_graph_gnn"))

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from radimpress_lib import config, labeler, patient
+from radimpress_lib.apps import patient
+from radimpress_lib.clinical import labeler
+from radimpress_lib.core import config
 
 # Synthetic impressions covering the CheXpert observations (written for the tests, not taken from the data).
 IMPRESSIONS = [
@@ -109,22 +111,22 @@ def _cfg(**kw):
 
 def test_rewrite_study_glossary_only():
     records = [{"report_id": str(i), "impression": t} for i, t in enumerate(IMPRESSIONS)]
-    rows, summary = patient.rewrite_study(records, _cfg(patient_use_llm=False))
+    rows, summary = patient.rewrite_study(records, _cfg(use_llm=False))
     assert len(rows) == len(IMPRESSIONS) and set(summary) == {"original", "glossary", "final"}
     assert summary["final"]["share_preserved"] == 1.0
     assert summary["final"]["grade_mean"] < summary["original"]["grade_mean"]
     assert all(r["final_source"] == "glossary" and r["llm"] is None for r in rows)
-    with pytest.raises(ValueError, match="patient_use_llm"):
-        patient.rewrite_study(records, _cfg(patient_use_llm=True))
+    with pytest.raises(ValueError, match="patient.use_llm"):
+        patient.rewrite_study(records, _cfg(use_llm=True))
 
 
 def test_rewrite_study_with_tiny_llm():
-    from radimpress_lib import models
+    from radimpress_lib.llm import models
 
     model, tokenizer, _ = models.load_model_and_tokenizer("tiny-llama", seed=0)
     records = [{"report_id": str(i), "impression": t} for i, t in enumerate(IMPRESSIONS[:3])]
     lines = []
-    rows, summary = patient.rewrite_study(records, _cfg(patient_max_new_tokens=5), model=model, tokenizer=tokenizer,
+    rows, summary = patient.rewrite_study(records, _cfg(max_new_tokens=5), model=model, tokenizer=tokenizer,
                                           batch_size=2, log=lines.append)
     assert len(lines) == 2 and summary["llm"]["n"] == 3
     assert all(isinstance(r["llm"], str) and r["llm_content_recall"] is not None for r in rows)

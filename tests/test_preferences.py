@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from radimpress_lib import preferences as P
+from radimpress_lib.data import preferences as P
+from radimpress_lib.train.reward import to_trl_dataset
 
 REC = {"report_id": "r1", "findings": "Heart size normal. No effusion.", "indication": "cough", "impression": "x"}
 
@@ -19,7 +20,7 @@ def test_roundtrip_and_trl_format(tmp_path):
     assert back == pairs
     assert "impression" not in back[0]["record"]  # the reference never leaks into the prompt
     assert P.pair_type_counts(back) == {"factual:insert": 1, "style": 1}
-    ds = P.to_trl_dataset(back)
+    ds = to_trl_dataset(back)
     assert [m["role"] for m in ds[1]["prompt"]] == ["system", "user"]
     assert "reader 3" in ds[1]["prompt"][0]["content"] and "reader 3" not in ds[0]["prompt"][0]["content"]
     assert ds[0]["chosen"] == [{"role": "assistant", "content": "No acute disease."}]
@@ -47,5 +48,5 @@ def test_retrieval_context_travels_with_the_pair():
     rec = {**REC, "similar_impressions": ["No acute disease.", "Clear lungs."]}
     pair = P.make_pair(rec, "No acute disease.", "Large effusion.", "factual:insert", "gen")
     assert pair["record"]["similar_impressions"] == ["No acute disease.", "Clear lungs."]
-    user = P.to_trl_dataset([pair])[0]["prompt"][1]["content"]
+    user = to_trl_dataset([pair])[0]["prompt"][1]["content"]
     assert user.endswith("- No acute disease.\n- Clear lungs.")

@@ -1,13 +1,12 @@
-"""Prompt layout, completion-only labels and findings truncation (radimpress_lib.prompting)."""
+"""Prompt layout, completion-only labels and findings truncation (radimpress_lib.llm.prompting)."""
 
 from __future__ import annotations
-
 
 import pytest
 from transformers import AutoTokenizer
 
-from radimpress_lib import prompting
-from radimpress_lib.prompting import IGNORE_INDEX, PromptError
+from radimpress_lib.llm import prompting
+from radimpress_lib.llm.prompting import IGNORE_INDEX, PromptError
 
 
 @pytest.fixture(scope="session")

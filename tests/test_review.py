@@ -1,4 +1,4 @@
-"""Review widget (radimpress_lib.review): blinding, escaping, simulated clicks, resume, replay, analysis, DPO export."""
+"""Review widget (radimpress_lib.apps.review): blinding, escaping, simulated clicks, resume, replay, analysis, DPO export."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import yaml
 
-from radimpress_lib import config, preferences, review
-from radimpress_lib import feedback as F
-from radimpress_lib.feedback import FeedbackError, FeedbackStore
+from radimpress_lib.apps import review
+from radimpress_lib.core import config
+from radimpress_lib.core.paths import NOTEBOOKS_DIR
+from radimpress_lib.data import feedback as F
+from radimpress_lib.data import preferences
+from radimpress_lib.data.feedback import FeedbackError, FeedbackStore
+from radimpress_lib.train import reward
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 SECRET = ("sys_secret_alpha", "sys_secret_beta")
@@ -120,14 +123,6 @@ def test_every_field_is_html_escaped(tmp_path):
     app.edit_area.value = "</script><script>alert(2)</script>"
     page = app.snapshot_html()
     assert "<script" not in page and "<img" not in page
-    import ipywidgets
-
-    unrelated = ipywidgets.Label(value="UNRELATED-WIDGET-STATE")
-    embed = app.widget_state_html(title=XSS)
-    assert unrelated.value not in embed and "Candidate A" in embed  # only this app's widgets are embedded
-    assert "</script><script>alert(2)" not in embed and "\\u003c/script\\u003e\\u003cscript\\u003ealert(2)" in embed
-    assert "<img" not in embed and "<title>&lt;script&gt;" in embed
-    assert embed.count("<script") == embed.count("</script>")  # no tag opened or closed by report text
     # errors echo user input escaped too
     app.reviewer_id = None
     app.reviewer_text.value = "simulated <b>x</b>"
@@ -141,7 +136,7 @@ def test_widget_never_shows_which_system_wrote_what(session):
     app.reviewer_text.value = "dr-a"
     for item_id in ids:
         app.show(item_id)
-        texts = _all_text(app) + [app.snapshot_html(), app.widget_state_html()]
+        texts = _all_text(app) + [app.snapshot_html()]
         assert not any(s in t for s in SECRET for t in texts)
     assert store.unblind(ids[0])  # the key exists, outside the widget
 
@@ -247,8 +242,7 @@ def test_resume_where_the_reviewer_stopped_and_skip(session):
 
 
 def _cfg(**over):
-    base = {"review_script": None, "review_reviewers": ["simulated-1", "simulated-2"], "review_sim_noise": 0.3,
-            "review_sim_edit_rate": 1.0}
+    base = {"script": None, "reviewers": ["simulated-1", "simulated-2"], "sim_noise": 0.3, "sim_edit_rate": 1.0}
     return SimpleNamespace(**(base | over))
 
 
@@ -272,7 +266,7 @@ def test_headless_simulated_replay_resumes(session):
 
 def test_recorded_session_replays_identically(session, tmp_path):
     store, ids, records = session
-    review.run_headless(store, ids, _cfg(review_reviewers=["simulated-1"]), {r["report_id"]: r["impression"]
+    review.run_headless(store, ids, _cfg(reviewers=["simulated-1"]), {r["report_id"]: r["impression"]
                                                                           for r in records}, seed=2)
     script = tmp_path / "script.jsonl"
     rows = review.export_script(store, "simulated-1", ids)
@@ -280,7 +274,7 @@ def test_recorded_session_replays_identically(session, tmp_path):
     fresh = FeedbackStore(tmp_path / "fresh.sqlite")
     items, _ = review.build_items(records, _systems(records), pool="feedback", seed=7)
     fresh_ids = review.add_session(fresh, items, seed=7)
-    out = review.run_headless(fresh, fresh_ids, _cfg(review_script=str(script)), {}, seed=99)
+    out = review.run_headless(fresh, fresh_ids, _cfg(script=str(script)), {}, seed=99)
     assert out["reviewers"]["simulated-1"]["submitted"] == 3 and out["source"].startswith("script")
 
     def strip(rows):
@@ -301,23 +295,22 @@ def test_script_errors_name_file_line_and_field(tmp_path, session):
         review.read_script(bad)
     bad.write_text(json.dumps({"reviewer_id": "dr-a", "item_id": "gone", "ratings": {"A": 1}}) + "\n")
     with pytest.raises(FeedbackError, match="not in this session"):
-        review.run_headless(store, ids, _cfg(review_script=str(bad)), {}, seed=0)
+        review.run_headless(store, ids, _cfg(script=str(bad)), {}, seed=0)
     bad.write_text(json.dumps({"reviewer_id": "dr-a", "item_id": ids[0], "ratings": {"A": 9}}) + "\n")
     with pytest.raises(FeedbackError, match=r"field 'ratings' \[A\] must be 1-5, got 9"):
-        review.run_headless(store, ids, _cfg(review_script=str(bad)), {}, seed=0)
+        review.run_headless(store, ids, _cfg(script=str(bad)), {}, seed=0)
     bad.write_text(json.dumps({"reviewer_id": "dr-a", "item_id": ids[0], "ratings": {"A": 1}, "preferred": "Q"}) + "\n")
     with pytest.raises(FeedbackError, match="field 'preferred' must be one of"):
-        review.run_headless(store, ids, _cfg(review_script=str(bad)), {}, seed=0)
+        review.run_headless(store, ids, _cfg(script=str(bad)), {}, seed=0)
     bad.write_text(json.dumps({"reviewer_id": "dr-a", "item_id": ids[0], "ratings": {"A": 1}}) + "\n")
     with pytest.raises(FeedbackError, match="submission refused: rate every candidate"):
-        review.run_headless(store, ids, _cfg(review_script=str(bad)), {}, seed=0)
+        review.run_headless(store, ids, _cfg(script=str(bad)), {}, seed=0)
 
 
 def test_headless_params_refuse_unlabelled_scripted_reviewers():
-    values = yaml.safe_load(config.params_path("ci-tiny").read_text()) | {"review_reviewers": ["dr-house"]}
     with pytest.raises(config.ParamsError, match="simulated reviewer ids"):
-        config.from_mapping(values)
-    config.from_mapping(values | {"review_mode": "interactive"})
+        config.load_params("ci-tiny", {"review": {"reviewers": ["dr-house"]}})
+    config.load_params("ci-tiny", {"review": {"reviewers": ["dr-house"], "mode": "interactive"}})
 
 
 # ---------------------------------------------------------------------------- simulated policy and analysis
@@ -383,7 +376,7 @@ def test_review_pairs_train_dpo_for_two_steps(session, tmp_path, smollm2_tokeniz
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from radimpress_lib import models
+    from radimpress_lib.llm import models
 
     store, ids, records = session
     review.run_headless(store, ids, _cfg(), {r["report_id"]: r["impression"] for r in records}, seed=3)
@@ -391,7 +384,7 @@ def test_review_pairs_train_dpo_for_two_steps(session, tmp_path, smollm2_tokeniz
     assert info["pairs"] == len(pairs) > 0 and set(info["pair_types"]) <= {"review:edited", "review:preferred",
                                                                            "review:rating"}
     path = preferences.write_pairs_jsonl(pairs, tmp_path / "review_pairs.jsonl")
-    dataset = preferences.to_trl_dataset(preferences.read_pairs_jsonl(path))
+    dataset = reward.to_trl_dataset(preferences.read_pairs_jsonl(path))
     assert len(dataset) == len(pairs) and dataset[0]["chosen"][0]["role"] == "assistant"
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
@@ -409,3 +402,91 @@ def test_review_pairs_train_dpo_for_two_steps(session, tmp_path, smollm2_tokeniz
     assert result.global_step == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+# ---------------------------------------------------------------------------- hardening (issue 18)
+
+
+def test_store_errors_are_shown_in_the_widget_not_only_in_the_log(session):
+    store, ids, _ = session
+    app = review.ReviewApp(store, ids)
+    store.close()  # what the notebook's last cell used to do after Run All
+    app.reviewer_text.value = "dr-a"
+    app.start_button.click()
+    kind, message = app.last_message
+    assert kind == "error" and "closed" in message and "re-run the notebook" in message
+    assert "closed" in app.status.value and app.form.layout.display == "none"
+
+
+def test_selected_rating_is_plain_to_see(session):
+    store, ids, _ = session
+    app = review.ReviewApp(store, ids)
+    app.reviewer_text.value = "dr-a"
+    label = app.current.labels[0]
+    assert "not rated yet" in app.rating_shown[label].value
+    app.ratings[label].value = 4
+    assert "4 usable as is" in app.rating_shown[label].value and "not rated" not in app.rating_shown[label].value
+    for widget in [*app.ratings.values(), app.preferred]:
+        assert review.SELECTED_CLASS in widget._dom_classes
+    css = app.style.value
+    assert f".{review.SELECTED_CLASS} .mod-active" in css and "background" in css
+
+
+def test_review_pages_load_nothing_from_the_network(session):
+    store, ids, _ = session
+    app = review.ReviewApp(store, ids)
+    app.reviewer_text.value = "dr-a"
+    page = app.snapshot_html()
+    assert "http" not in page and "<script" not in page
+    notebook = (NOTEBOOKS_DIR / "06_review.ipynb").read_text()
+    assert "embed" not in notebook and "cdn" not in notebook.lower()
+
+
+#: Appended to notebook 06 after "Run All" in interactive mode: a physician types an id, rates, submits.
+_PHYSICIAN_CELL = """
+app.reviewer_text.value = "dr-test"  # Enter in the id box starts the session
+assert app.reviewer_id == "dr-test", app.last_message
+for widget in app.ratings.values():
+    widget.value = 4
+app.submit_button.click()
+assert app.saved == 1, app.last_message
+"""
+
+
+@pytest.mark.notebook
+def test_interactive_notebook_survives_run_all_and_keeps_to_its_session_folder(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    from radimpress_lib import data
+    from radimpress_lib.data import synthetic
+
+    run_dir = tmp_path / "run"
+    reports = synthetic.write_synthetic_reports(tmp_path / "data", n=200)
+    overrides = {"run": {"output_dir": str(run_dir)},
+                 "data": {"source": "user", "user_path": str(reports)},
+                 "review": {"mode": "interactive", "session": "reader-study", "eval_items": 3, "feedback_items": 0,
+                            "systems": ["sft"]}}
+    cfg = config.load_params("ci-tiny", overrides)
+    dsd, _ = data.load_data(cfg)
+    (run_dir / "predictions").mkdir(parents=True)
+    (run_dir / "predictions" / "sft.jsonl").write_text("".join(
+        json.dumps({"report_id": r["report_id"], "prediction": "No acute disease.", "reference": r["impression"],
+                    "model": "tiny-llama", "params_hash": "x"}) + "\n" for r in dsd["test"]), encoding="utf-8")
+    nb = nbformat.read(NOTEBOOKS_DIR / "06_review.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(_PHYSICIAN_CELL))
+    source = tmp_path / "06_review.ipynb"
+    nbformat.write(nb, source)
+    pm.execute_notebook(str(source), str(tmp_path / "executed.ipynb"), kernel_name="radimpress", progress_bar=False,
+                        parameters={"params": "ci-tiny", "overrides": overrides}, cwd=str(tmp_path))
+    session = run_dir / "review_sessions" / "reader-study"
+    assert (session / "review.json").is_file() and (session / "manifest.json").is_file()
+    assert {p.name for p in (session / "review").iterdir()} >= {"feedback.sqlite"}
+    # nothing of the run's own (reference) results was written by the interactive session
+    assert not (run_dir / "review.json").exists() and not (run_dir / "manifest.json").exists()
+    assert not (run_dir / "review").exists() and not list((run_dir / "figures").glob("review_*"))
+    with FeedbackStore(session / "review" / "feedback.sqlite") as store:  # the physician's click after Run All
+        (judged,) = store.current_judgements()
+        assert judged["reviewer_id"] == "dr-test" and set(judged["ratings"].values()) == {4}
+    manifest = json.loads((session / "manifest.json").read_text())
+    assert manifest["stages"]["review"]["extra"]["overrides"]["run"]["output_dir"].endswith("reader-study")

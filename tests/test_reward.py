@@ -1,16 +1,17 @@
-"""Preference pairs, corruptions and the reward model on a tiny random model (radimpress_lib.reward)."""
+"""Preference pairs, corruptions and the reward model on a tiny random model (radimpress_lib.train.reward)."""
 
 from __future__ import annotations
-
-import random
 
 import pandas as pd
 import pytest
 import torch
 from style_synth import records
 
-from radimpress_lib import models, prompting, reward, style
-from radimpress_lib.config import RewardStageConfig
+from radimpress_lib.clinical import style
+from radimpress_lib.core import jsonio
+from radimpress_lib.core.config import RewardStageConfig
+from radimpress_lib.llm import models, prompting
+from radimpress_lib.train import reward
 
 
 @pytest.fixture(scope="module")
@@ -22,29 +23,6 @@ def style_model():
 def tiny():
     model, tokenizer, _ = models.load_model_and_tokenizer("tiny-llama", seed=0)
     return model, tokenizer
-
-
-@pytest.mark.parametrize("text, kinds", [
-    ("No pneumothorax or pleural effusion.", {"negation", "added_finding"}),  # a negated swap is no error
-    ("Right lower lobe pneumonia.", {"laterality", "finding_swap"}),
-    ("No acute cardiopulmonary abnormality.", {"added_finding"}),  # labeler sees no change in a bare negation drop
-    ("Small left pleural effusion. Cardiomegaly.", {"laterality", "finding_swap", "dropped_finding"}),
-])
-def test_minimal_corruption_changes_the_facts(text, kinds):
-    seen = set()
-    for seed in range(40):
-        out = reward.minimal_corruption(text, random.Random(seed))
-        assert out is not None
-        corrupted, kind = out
-        assert corrupted != text and kind in kinds
-        if kind != "laterality":
-            assert reward.label_signature(corrupted) != reward.label_signature(text)
-        seen.add(kind)
-    assert seen == kinds
-
-
-def test_nothing_to_corrupt_gives_none():
-    assert reward.minimal_corruption("Large mass.", random.Random(0)) is None  # one positive, no cue to change
 
 
 def test_build_pairs_style_and_factual(style_model):
@@ -99,8 +77,8 @@ def test_fit_pairs_to_length_truncates_and_counts(style_model, tiny):
 def test_reward_model_trains_saves_head_and_reloads(style_model, tiny, tmp_path):
     model, tokenizer = tiny
     pairs, _ = reward.build_pairs(records(30), style_model, 8, 0, "train")
-    cfg = RewardStageConfig(rm_max_steps=2, rm_per_device_batch=4, rm_logging_steps=1, rm_lora_last_layers=1,
-                            rm_learning_rate=1e-2)
+    cfg = RewardStageConfig(trainer="trl", max_steps=2, per_device_batch=4, logging_steps=1, lora_last_layers=1,
+                            learning_rate=1e-2)
     init = reward.reward_model_from_causal_lm(model, seed=0).score.weight.detach().clone()
     rm, result = reward.train_reward_model(model, tokenizer, pairs, cfg, tmp_path, seed=0, log=lambda s: None)
     assert result.global_step == 2 and result.loss_history and (tmp_path / "reward_result.json").is_file()
@@ -140,7 +118,7 @@ def test_reward_model_can_leave_out_the_retrieval_context(style_model, tiny, tmp
             samplers.append(self._get_train_sampler(self.train_dataset))
 
     monkeypatch.setattr(trl, "RewardTrainer", Spy)
-    cfg = RewardStageConfig(rm_max_steps=1, rm_per_device_batch=4, rm_lora_last_layers=1, rm_prompt_similar=False)
+    cfg = RewardStageConfig(trainer="trl", max_steps=1, per_device_batch=4, lora_last_layers=1, prompt_similar=False)
     rm, _ = reward.train_reward_model(model, tokenizer, with_context, cfg, tmp_path, seed=0, log=lambda s: None)
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -168,5 +146,5 @@ def test_pairwise_accuracy_tables(tmp_path):
                                                "n_style": 2}
     path = tmp_path / "metrics.json"
     path.write_text('{"sft": {"rougeL": 1.0}, "n": 3}')
-    merged = reward.merge_json(path, {"reward_model": {"style_pair_acc": 0.5}})
+    merged = jsonio.merge_json(path, {"reward_model": {"style_pair_acc": 0.5}})
     assert merged == {"sft": {"rougeL": 1.0}, "n": 3, "reward_model": {"style_pair_acc": 0.5}}

@@ -1,4 +1,4 @@
-"""DPO, online RL (GRPO/RLOO), rewards, guards and fine-stage evaluation on a tiny random model (radimpress_lib.rlhf)."""
+"""DPO, online RL (GRPO/RLOO), rewards, guards and fine-stage evaluation on a tiny random model (radimpress_lib.train.rlhf)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import torch
 from peft import PeftModel
 from style_synth import records
 
-from radimpress_lib import metrics, models, reward, rlhf, style
-from radimpress_lib.config import DPOStageConfig, RewardStageConfig, RLStageConfig
+from radimpress_lib.clinical import style
+from radimpress_lib.core.config import DPOStageConfig, RewardStageConfig, RLStageConfig
+from radimpress_lib.evaluation import metrics, style_eval
+from radimpress_lib.llm import models
+from radimpress_lib.train import reward, rlhf
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +48,11 @@ def test_reward_functions_and_guards():
     assert funcs.factual(None, ["Right lower lobe pneumonia."], findings=["Right lower lobe pneumonia."]) == [1.0]
     assert funcs.reward_model(None, ["a", "b"]) == [0.0, 0.0]
     assert [f.__name__ for f in funcs.functions] == ["reward_model", "factual", "length"]
-    assert funcs.weights == [cfg.rl_w_reward_model, cfg.rl_w_factual, cfg.rl_w_length]
+    assert funcs.weights == [cfg.w_reward_model, cfg.w_factual, cfg.w_length]
     g = rlhf.guards(["No acute disease."] * 4, ["No acute disease.", "Clear.", "Effusion.", "Normal chest."], cfg)
     assert g["distinct_ratio"] == 0.25 and not g["distinct_ok"] and g["length_ok"]
     with pytest.raises(ValueError):
-        RLStageConfig(rl_guard_length_ratio=[2.0, 1.0])
+        RLStageConfig(guard_length_ratio=[2.0, 1.0])
 
 
 def test_compact_lm_head_gives_the_same_log_probs():
@@ -83,7 +86,7 @@ def test_dpo_then_grpo_then_loading(style_model, tmp_path, monkeypatch):
     train = records(40)
     model, tokenizer = _tiny()
     pairs, _ = reward.build_pairs(train, style_model, 8, 0, "train")
-    dpo_cfg = DPOStageConfig(dpo_max_steps=2, dpo_per_device_batch=4, dpo_lora_last_layers=1, dpo_learning_rate=1e-2)
+    dpo_cfg = DPOStageConfig(trainer="trl", max_steps=2, per_device_batch=4, lora_last_layers=1, learning_rate=1e-2)
     _, dpo_result = rlhf.train_dpo(model, tokenizer, pairs, dpo_cfg, tmp_path / "dpo", 0, log=lambda s: None)
     assert dpo_result.global_step == 2 and any("rewards/margins" in h for h in dpo_result.log_history)
     assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
@@ -91,13 +94,13 @@ def test_dpo_then_grpo_then_loading(style_model, tmp_path, monkeypatch):
 
     # reward model, then RL continuing the DPO adapter
     base, tokenizer = _tiny()
-    rm_cfg = RewardStageConfig(rm_max_steps=1, rm_per_device_batch=4, rm_lora_last_layers=1)
+    rm_cfg = RewardStageConfig(trainer="trl", max_steps=1, per_device_batch=4, lora_last_layers=1)
     rm, _ = reward.train_reward_model(base, tokenizer, pairs, rm_cfg, tmp_path / "rm", 0, log=lambda s: None)
     policy_base, tokenizer = _tiny()
     sft_state = {k: v.clone() for k, v in policy_base.state_dict().items()}
     policy = PeftModel.from_pretrained(policy_base, str(tmp_path / "dpo" / "adapter"), is_trainable=True)
-    rl_cfg = RLStageConfig(rl_prompts=4, rl_max_steps=2, rl_num_generations=2, rl_prompts_per_step=2,
-                           rl_max_new_tokens=6, rl_learning_rate=1e-2)
+    rl_cfg = RLStageConfig(prompts=4, max_steps=2, num_generations=2, prompts_per_step=2,
+                           max_new_tokens=6, learning_rate=1e-2)
     prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 4, 0, tokenizer, 320)
     funcs = rlhf.RewardFunctions(reward.RewardScorer(rm, tokenizer), rl_cfg)
     rl_model, rl_result = rlhf.train_rl(policy, tokenizer, prompts, funcs, rl_cfg, tmp_path / "rl", 0, log=lambda s: None)
@@ -120,13 +123,13 @@ def test_dpo_then_grpo_then_loading(style_model, tmp_path, monkeypatch):
 
 def test_style_evaluation_and_tables(style_model):
     test = records(12, seed=3, split="test")
-    targets, slots, unseen = rlhf.test_style_slots(style_model, test, records(30), 2, 0)
+    targets, slots, unseen = style_eval.test_style_slots(style_model, test, records(30), 2, 0)
     assert targets == style_model.assign(test) and not any(unseen)
     assert all(s.startswith(f"Radiologist {t}.") for s, t in zip(slots, targets))
     clf = style.fit_style_classifier([r["impression"] for r in records(60)], style_model.assign(records(60)))
     refs = [r["impression"] for r in test]
     systems = {"reference": refs, "wrong": ["No acute disease."] * len(refs)}
-    scores = rlhf.style_evaluation(clf, systems, targets, refs, n_boot=50, seed=0)
+    scores = style_eval.style_evaluation(clf, systems, targets, refs, n_boot=50, seed=0)
     assert scores["reference"]["style_accuracy"] == 1.0 and scores["reference"]["length_ratio"] == 1.0
     assert scores["wrong"]["style_accuracy"] < 0.5
     lo, hi = scores["wrong"]["style_accuracy_ci"]
@@ -135,11 +138,11 @@ def test_style_evaluation_and_tables(style_model):
     assert scores["reference"]["normal_statement_rate"] == 100.0
     assert scores["reference"]["normal_statement_added_rate"] is None
     assert scores["reference"]["style_accuracy_template"] == 1.0 and scores["reference"]["style_accuracy_no_template"] is None
-    table = rlhf.per_radiologist_table(clf, systems, targets, refs, unseen)
+    table = style_eval.per_radiologist_table(clf, systems, targets, refs, unseen)
     assert set(table["radiologist"]) == set(targets) and len(table) == 2 * len(set(targets))
     per = {name: metrics.compute_per_example(p, refs, [r["findings"] for r in test], embed_model=False)
            for name, p in systems.items()}
-    content = rlhf.content_by_radiologist(per, list(systems), targets, unseen, n_boot=30, seed=0)
+    content = style_eval.content_by_radiologist(per, list(systems), targets, unseen, n_boot=30, seed=0)
     ref_rows = content[content["system"] == "reference"]
     assert np.allclose(ref_rows["rougeL"], 100.0) and (ref_rows["n"].sum() == len(test))
 
@@ -148,20 +151,20 @@ def test_template_insertion_counts_normal_phrases_added_to_abnormal_studies():
     refs = ["Right lower lobe pneumonia.", "Cardiomegaly.", "No acute disease.", "Small left effusion."]
     drafts = ["Right lower lobe pneumonia. No acute disease.", "Cardiomegaly.", "No acute disease.",
               "No acute cardiopulmonary abnormality."]
-    got = rlhf.template_insertion(drafts, refs)
+    got = style_eval.template_insertion(drafts, refs)
     assert got["n_references_without_normal_statement"] == 3
     assert got["normal_statement_added_rate"] == pytest.approx(200 / 3)  # reports 1 and 4
     assert got["normal_statement_rate"] == 75.0
-    assert rlhf.template_insertion(refs, refs)["normal_statement_added_rate"] == 0.0
+    assert style_eval.template_insertion(refs, refs)["normal_statement_added_rate"] == 0.0
     with pytest.raises(ValueError, match="3 predictions for 4"):
-        rlhf.template_insertion(drafts[:3], refs)
+        style_eval.template_insertion(drafts[:3], refs)
 
 
 def test_unseen_radiologist_gets_fewshot_slot():
     train = records(90)
     model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen="R2")
     test = records(9, seed=4, split="test")
-    targets, slots, unseen = rlhf.test_style_slots(model, test, train, 2, 0)
+    targets, slots, unseen = style_eval.test_style_slots(model, test, train, 2, 0)
     for t, s, u in zip(targets, slots, unseen):
         assert u == (t == "R2")
         assert ("Example impressions" in s) == u
@@ -173,19 +176,17 @@ def test_graph_consistency_penalises_errors():
     bad = rlhf.graph_consistency(findings, "Pneumothorax. No pleural effusion.")
     assert good == 1.0 and 0 < bad < good
     funcs = rlhf.RewardFunctions(None, RLStageConfig())
-    assert funcs.graph is rlhf.graph_consistency
     both = funcs.factual(None, ["Pneumothorax. No pleural effusion."], findings=[findings])[0]
     assert both == pytest.approx(0.5 * (rlhf.factual_consistency(findings, "Pneumothorax. No pleural effusion.") + bad))
 
 
 def test_review_pairs_follow_the_review_stage_switch(tmp_path):
-    from radimpress_lib import config
+    from radimpress_lib.core import config
 
-    params = config.load_params("params/ci-tiny.yaml")
-    params = config.from_mapping(params.flat() | {"run_output_dir": str(tmp_path), "review_pairs_to_dpo": False})
+    params = config.load_params("ci-tiny", {"run": {"output_dir": str(tmp_path)}, "review": {"pairs_to_dpo": False}})
     pairs, info = rlhf.review_pairs(params)
     assert pairs == [] and "false" in info["reason"]
-    params = config.from_mapping(params.flat() | {"review_pairs_to_dpo": True})
+    params = params.override({"review": {"pairs_to_dpo": True}})
     pairs, info = rlhf.review_pairs(params)
     assert pairs == [] and "no review database" in info["reason"]
 
@@ -196,8 +197,8 @@ def test_rloo_runs_one_step(style_model, tmp_path):
     from peft import get_peft_model
 
     policy = get_peft_model(base, rlhf._lora(4, 8, None))
-    rl_cfg = RLStageConfig(rl_algorithm="rloo", rl_prompts=2, rl_max_steps=1, rl_num_generations=2,
-                           rl_prompts_per_step=2, rl_max_new_tokens=4)
+    rl_cfg = RLStageConfig(algorithm="rloo", prompts=2, max_steps=1, num_generations=2,
+                           prompts_per_step=2, max_new_tokens=4)
     prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 2, 0, tokenizer, 320)
     _, result = rlhf.train_rl(policy, tokenizer, prompts, rlhf.RewardFunctions(None, rl_cfg), rl_cfg, tmp_path, 0,
                               log=lambda s: None)

@@ -1,4 +1,4 @@
-"""SFT on tiny random Llama models (radimpress_lib.sft): loss masking, padding-free, resume."""
+"""SFT on tiny random Llama models (radimpress_lib.train.sft): loss masking, padding-free, resume."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from peft import get_peft_model_state_dict
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from radimpress_lib import prompting, sft
-from radimpress_lib.sft import SFTRunMismatchError, SFTStageConfig
+from radimpress_lib.llm import checkpoints, prompting
+from radimpress_lib.train import sft
+from radimpress_lib.train.sft import SFTRunMismatchError, SFTStageConfig
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +48,8 @@ def _records(n: int) -> list[dict]:
 
 def _cfg(**over) -> SFTStageConfig:
     base = dict(
-        sft_max_steps=6, sft_per_device_batch=2, sft_logging_steps=1, sft_save_steps=2,
-        sft_lora_r=4, sft_lora_alpha=8, sft_lora_dropout=0.1, sft_learning_rate=5e-3, sft_max_seq_len=256,
+        trainer="trl", max_steps=6, per_device_batch=2, logging_steps=1, save_steps=2,
+        lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=5e-3, max_seq_len=256,
     )
     base.update(over)
     return SFTStageConfig(**base)
@@ -64,19 +65,19 @@ def train_ds(tokenizer):
 
 
 def test_config_validation_and_fingerprint():
-    with pytest.raises(ValueError, match="sft_max_steps"):
-        SFTStageConfig(sft_max_steps=0)
+    with pytest.raises(ValueError, match="max_steps"):
+        SFTStageConfig(max_steps=0)
     with pytest.raises(ValueError, match="padding_free"):
-        SFTStageConfig(sft_padding_free=True, sft_group_by_length=True)
+        SFTStageConfig(padding_free=True, group_by_length=True)
     with pytest.raises(ValueError):
-        SFTStageConfig(sft_method="prefix")
+        SFTStageConfig(method="prefix")
     with pytest.raises(ValueError):
         SFTStageConfig(sft_unknown=1)
     a = SFTStageConfig()
-    assert a.fingerprint() == SFTStageConfig(sft_logging_steps=99, sft_num_threads=1).fingerprint()
-    assert a.fingerprint() != SFTStageConfig(sft_learning_rate=1e-3).fingerprint()
-    assert SFTStageConfig(sft_lora_targets=["q_proj", "v_proj"]).sft_lora_targets == ["q_proj", "v_proj"]
-    assert set(SFTStageConfig.model_fields) == {n for n in SFTStageConfig.model_fields if n.startswith("sft_")}
+    assert a.fingerprint() == SFTStageConfig(logging_steps=99, num_threads=1).fingerprint()
+    assert a.fingerprint() != SFTStageConfig(learning_rate=1e-3).fingerprint()
+    assert SFTStageConfig(lora_targets=["q_proj", "v_proj"]).lora_targets == ["q_proj", "v_proj"]
+    assert not any(n.startswith("sft_") for n in SFTStageConfig.model_fields)  # cfg.sft.learning_rate, not .sft_*
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
@@ -86,9 +87,9 @@ def test_cuda_only_methods_fail_clearly_on_cpu(tokenizer, train_ds, tmp_path):
     with pytest.raises(RuntimeError, match="CUDA"):
         sft.load_unsloth_model("any", _cfg(), seed=0)
     with pytest.raises(RuntimeError, match="CUDA"):
-        sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, _cfg(sft_method="qlora"), tmp_path, 0)
+        sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, _cfg(method="qlora"), tmp_path, 0)
     with pytest.raises(RuntimeError, match="CUDA"):
-        sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, _cfg(sft_use_unsloth=True), tmp_path, 0)
+        sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, _cfg(use_unsloth=True), tmp_path, 0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
@@ -208,7 +209,7 @@ def _adapter(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("layout", ["padding_free", "group_by_length"])
 def test_resume_after_kill_matches_uninterrupted_run(tokenizer, train_ds, tmp_path, layout):
-    cfg = _cfg(sft_padding_free=layout == "padding_free", sft_group_by_length=layout == "group_by_length")
+    cfg = _cfg(padding_free=layout == "padding_free", group_by_length=layout == "group_by_length")
     lines: list[str] = []
 
     full_model = tiny_model(len(tokenizer))
@@ -244,7 +245,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tokenizer, train_ds, tmp_pa
 
     # A different run in the same folder is refused instead of silently mixing checkpoints.
     with pytest.raises(SFTRunMismatchError, match="sft_fingerprint"):
-        sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, _cfg(sft_learning_rate=1e-3),
+        sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, _cfg(learning_rate=1e-3),
                       tmp_path / "killed", seed=3, log=lines.append)
     with pytest.raises(SFTRunMismatchError, match="resume=False"):
         sft.train_sft(tiny_model(len(tokenizer)), tokenizer, train_ds, None, cfg, tmp_path / "killed", seed=3,
@@ -258,8 +259,8 @@ def test_records_in_full_finetuning_out(tokenizer, tmp_path):
     ds = datasets.Dataset.from_list(records)
     model = tiny_model(len(tokenizer))
     before = model.model.layers[1].mlp.down_proj.weight.detach().clone()
-    cfg = _cfg(sft_method="full", sft_max_steps=-1, sft_epochs=1, sft_per_device_batch=3, sft_max_seq_len=160,
-               sft_learning_rate=1e-3, sft_save_steps=100)
+    cfg = _cfg(method="full", max_steps=-1, epochs=1, per_device_batch=3, max_seq_len=160,
+               learning_rate=1e-3, save_steps=100)
     res = sft.train_sft(model, tokenizer, ds, ds.select(range(2)), cfg, tmp_path, seed=0, log=lambda s: None)
     assert res.method == "full" and res.global_step == 2 and res.n_trainable_params == res.n_params
     assert res.dataset_stats["n_truncated"] == 1 and res.dataset_stats["truncated_report_ids"] == ["s0"]
@@ -277,7 +278,7 @@ def test_records_in_full_finetuning_out(tokenizer, tmp_path):
 
 def test_lora_targets_and_adapter_saved(tokenizer, train_ds, tmp_path):
     model = tiny_model(len(tokenizer))
-    cfg = _cfg(sft_max_steps=2, sft_warmup_ratio=0.0, sft_lora_targets=["q_proj", "v_proj"], sft_save_steps=100)
+    cfg = _cfg(max_steps=2, warmup_ratio=0.0, lora_targets=["q_proj", "v_proj"], save_steps=100)
     res = sft.train_sft(model, tokenizer, train_ds, None, cfg, tmp_path, seed=0, log=lambda s: None)
     # r=4 on q (64->64) and v (64->32) in 2 layers: A (4x64) + B (64x4) + A (4x64) + B (32x4) per layer.
     assert res.n_trainable_params == 2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4)
@@ -285,7 +286,7 @@ def test_lora_targets_and_adapter_saved(tokenizer, train_ds, tmp_path):
     assert sorted(adapter_cfg["target_modules"]) == ["q_proj", "v_proj"]
     assert (Path(res.final_dir) / "adapter_model.safetensors").is_file()
     # The saved adapter, merged into a fresh base model, reproduces the trained model.
-    merged = sft.apply_adapter(tiny_model(len(tokenizer)), res.final_dir)
+    merged = checkpoints.apply_adapter(tiny_model(len(tokenizer)), res.final_dir)
     model.eval()  # no LoRA dropout
     ids = torch.tensor([train_ds[0]["input_ids"]])
     with torch.no_grad():
@@ -293,4 +294,4 @@ def test_lora_targets_and_adapter_saved(tokenizer, train_ds, tmp_path):
         torch.testing.assert_close(merged_logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(merged_logits, tiny_model(len(tokenizer))(input_ids=ids).logits, atol=1e-4)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        sft.apply_adapter(tiny_model(len(tokenizer)), tmp_path)
+        checkpoints.apply_adapter(tiny_model(len(tokenizer)), tmp_path)

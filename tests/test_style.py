@@ -1,4 +1,4 @@
-"""Style features, pseudo-radiologist groups, style classifier and style slots (radimpress_lib.style)."""
+"""Style features, pseudo-radiologist groups, style classifier and style slots (radimpress_lib.clinical.style)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 from style_synth import TEMPLATES, records
 
-from radimpress_lib import config, style
+from radimpress_lib.clinical import style
+from radimpress_lib.core import config
 
 
 def test_features_are_bounded_and_describe_the_template():
@@ -85,7 +86,7 @@ def test_reader_groups_place_bare_abnormal_impressions_by_findings_phrasing():
     assert adjusted_rand_score(truth, clusters.assign(train)) < 0.5
     with pytest.raises(ValueError, match="readers method"):
         clusters.reader_agreement(fresh)
-    with pytest.raises(ValueError, match="style_group_method"):
+    with pytest.raises(ValueError, match="style.group_method"):
         style.fit_style_groups(train, method="findings")
 
 
@@ -96,7 +97,7 @@ def test_unseen_group_and_bad_settings():
     assert style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen="R2").unseen == "R2"
     with pytest.raises(ValueError, match="R9"):
         style.fit_style_groups(train, k_min=3, k_max=3, unseen="R9")
-    with pytest.raises(ValueError, match="style_k_min"):
+    with pytest.raises(ValueError, match="style.k_min"):
         style.fit_style_groups(train, k_min=5, k_max=3)
     with pytest.raises(ValueError, match="distinct"):
         style.fit_style_groups(records(12, styles="A")[:1] * 5, k_min=2, k_max=3)
@@ -159,7 +160,7 @@ def test_restyle_changes_template_not_content():
 def test_fit_for_run_uses_the_style_params():
     params = config.load_params("params/ci-tiny.yaml")
     model, clf = style.fit_for_run(records(60), params)
-    assert params.style.style_k_min <= model.k <= params.style.style_k_max and clf is not None
+    assert params.style.k_min <= model.k <= params.style.k_max and clf is not None
     with pytest.raises(ValueError, match="train reports only"):
         style.fit_for_run(records(6, split="test"), params)
 

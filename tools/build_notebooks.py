@@ -1,8 +1,8 @@
-"""Regenerate the parameters cell of every numbered notebook from params/smollm2-135m.yaml.
+"""Regenerate the parameters cell of every numbered notebook and strip outputs.
 
-Notebooks are edited in JupyterLab; this keeps their single `parameters` cell in step
-with radimpress_lib/config.py after a parameter is added (run: python tools/build_notebooks.py).
-Outputs and execution counts are stripped on the way.
+Notebooks are edited in JupyterLab; the parameters cell only chooses the run (the params file
+name and an overrides mapping), so every notebook carries the same two lines
+(:data:`radimpress_lib.notebook.runner.PARAMETERS_CELL`). Run: python tools/build_notebooks.py
 """
 
 from __future__ import annotations
@@ -11,22 +11,11 @@ import sys
 from pathlib import Path
 
 import nbformat
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from radimpress_lib import config  # noqa: E402
-from radimpress_lib.runner import numbered_notebooks  # noqa: E402
-
-
-def parameters_source() -> str:
-    values = yaml.safe_load(config.params_path("smollm2-135m").read_text())
-    lines = ["# Parameters: papermill injects params/<model>.yaml after this cell. Defaults = smollm2-135m."]
-    for stage, cls in config.STAGES.items():
-        lines.append(f"# --- {stage}")
-        lines.extend(f"{name} = {values[name]!r}" for name in cls.model_fields)
-    return "\n".join(lines)
+from radimpress_lib.notebook.runner import PARAMETERS_CELL, numbered_notebooks  # noqa: E402
 
 
 def sync(path: Path) -> None:
@@ -35,7 +24,7 @@ def sync(path: Path) -> None:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             if "parameters" in cell.metadata.get("tags", []):
-                cell.source = parameters_source()
+                cell.source = PARAMETERS_CELL
     nbformat.write(nb, path)
 
 
