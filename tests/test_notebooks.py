@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from radimpress_lib.core.paths import NOTEBOOKS_DIR, PROJECT_ROOT
@@ -107,6 +108,11 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     else:  # no protocol-A model trained: skipped with a visible note
         assert "sft_published" not in published and any("sft_published" in n for n in subset["notes"])
     page = (out / "05_evaluate.html").read_text()
+    # MBR selection of the SFT draft among retrieved impressions: scored, compared with retrieval, explained
+    assert "sft_mbr" in metrics and (out / "predictions" / "sft_mbr.jsonl").is_file()
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    assert ((comparisons["system"] == "sft_mbr") & (comparisons["vs"] == "retrieval")).any()
+    assert "kept the SFT draft for" in page
     assert "68.2 (published)" in page and "not CheXbert" in page and "Published protocol" in page
     # notebook 05's review triage: the risk model fitted on validate drafts, every model system on test
     from radimpress_lib.evaluation.triage import RISK_MODEL_FILE, RiskModel

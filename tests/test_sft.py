@@ -75,7 +75,7 @@ def test_config_validation_and_fingerprint():
         SFTStageConfig(sft_unknown=1)
     a = SFTStageConfig()
     assert a.fingerprint() == SFTStageConfig(logging_steps=99, num_threads=1).fingerprint()
-    assert a.fingerprint() != SFTStageConfig(learning_rate=1e-3).fingerprint()
+    assert a.fingerprint() != SFTStageConfig(learning_rate=a.learning_rate / 2).fingerprint()
     assert SFTStageConfig(lora_targets=["q_proj", "v_proj"]).lora_targets == ["q_proj", "v_proj"]
     assert not any(n.startswith("sft_") for n in SFTStageConfig.model_fields)  # cfg.sft.learning_rate, not .sft_*
 

@@ -138,13 +138,13 @@ class SFTStageConfig(_Stage):
         description="dropout on the LoRA input; 0 by default: on CPU its random masks cost ~18% of a step",
     )
     lora_targets: list[str] | Literal["all-linear"] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "all-linear",
         description="'all-linear' or module names, e.g. [q_proj, k_proj, v_proj, o_proj]",
     )
-    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate (AdamW)")
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("cosine")
     epochs: float = Field(1.0, gt=0, description="epochs over the train split (ignored when max_steps > 0)")
-    max_steps: int = Field(90, description="optimizer steps; -1: run epochs")
+    max_steps: int = Field(-1, description="optimizer steps; -1: run epochs")
     per_device_batch: int = Field(8, gt=0, description="sequences per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_seq_len: int = Field(512, gt=16, description="longest example; longer findings are truncated")
@@ -250,6 +250,13 @@ class EvalStageConfig(_Stage):
         0, ge=0, description="sampled alternative impressions per draft for the candidate-disagreement signal "
         "(an extra decode of validate and test, ~n x greedy); 0: off")
     triage_folds: int = Field(5, ge=2, description="cross-validation folds (regularisation, operating point, ablation)")
+    mbr_k: int = Field(
+        5, ge=0, le=20, description="MBR selection (radimpress_lib.llm.selection): the SFT draft and the impressions of "
+        "the k most similar train+validate reports form a candidate set; the consensus candidate is scored as "
+        "'sft_mbr'; 0: off")
+    mbr_factual: bool = Field(
+        True, description="MBR selection: a retrieved impression is a candidate only when the findings checks flag no "
+        "more problems in it than in the draft")
 
     @model_validator(mode="after")
     def _check(self) -> "EvalStageConfig":
@@ -363,7 +370,7 @@ class RewardStageConfig(_Stage):
     cache_dtype: CacheDtype = Field("float32", description="cached trainer: storage dtype of the trunk cache")
     cache_dir: str | None = Field(None, description="cached trainer: folder kept between runs (see sft.cache_dir)")
 
-    train_pairs: int = Field(256, gt=0, description="train-split pairs (half style, half factual)")
+    train_pairs: int = Field(512, gt=0, description="train-split pairs (half style, half factual)")
     eval_pairs: int = Field(128, gt=0, description="held-out validation-split pairs (half style, half factual)")
     max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
     prompt_similar: bool = Field(
@@ -397,7 +404,7 @@ class DPOStageConfig(_Stage):
     cache_dir: str | None = Field(None, description="cached trainer: folder kept between runs (see sft.cache_dir)")
     epochs: float = Field(1.0, gt=0, description="epochs over the pairs (ignored when max_steps > 0)")
 
-    train_pairs: int = Field(96, gt=0, description="train-split preference pairs (half style, half factual)")
+    train_pairs: int = Field(256, gt=0, description="train-split preference pairs (half style, half factual)")
     beta: float = Field(0.1, gt=0, description="DPO beta (strength of the pull to the SFT reference)")
     learning_rate: float = Field(5e-4, gt=0)
     max_steps: int = Field(-1, description="optimizer steps; -1: `epochs` over the pairs")

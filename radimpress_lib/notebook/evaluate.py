@@ -3,7 +3,8 @@
 Each function is one step of the notebook's story, so a cell reads as one call:
 
 * :func:`decode_coarse` -- baselines (majority, TF-IDF retrieval), the zero-shot instruct model,
-  the SFT model of notebook 02 and its factual-guard variant;
+  the SFT model of notebook 02, its factual-guard variant and its MBR selection (``sft_mbr``:
+  the consensus of the draft and the retrieved neighbours' impressions, :mod:`radimpress_lib.llm.selection`);
 * :func:`decode_fine` -- every fine-stage policy notebook 04 wrote (DPO, RL) with the target
   radiologist's style slot, and their guarded variants;
 * :func:`guard_report` -- the factual guard's table, with the labeler's independent flip rate
@@ -42,7 +43,7 @@ from radimpress_lib.core.config import Params
 from radimpress_lib.data import protocols
 from radimpress_lib.evaluation import factual_guard, published, scoring, style_eval, triage
 from radimpress_lib.evaluation import metrics as M
-from radimpress_lib.llm import checkpoints, generation, models, retrieval
+from radimpress_lib.llm import checkpoints, generation, models, retrieval, selection
 from radimpress_lib.train import rlhf
 
 #: Columns of the decoding summary table.
@@ -70,6 +71,7 @@ class TestRun:
     validate_decode: dict[str, Any] = field(default_factory=dict)
     candidates: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
     triage_cost_s: dict[str, float] = field(default_factory=dict)
+    mbr_sources: dict[str, int] = field(default_factory=dict)
 
     def decode_table(self) -> pd.DataFrame:
         """Decoding cost and completion per model system."""
@@ -182,8 +184,48 @@ def decode_coarse(run: TestRun) -> TestRun:
         out_path=run.predictions_dir / "sft.jsonl", token_stats=cfg.eval.triage)
     run.systems["sft"] = [p["prediction"] for p in run.decode["sft"].predictions]
     _guard(run, "sft", tuned, run.tokenizer)
+    _mbr(run, "sft")
     _triage_inputs(run, "sft", tuned, run.tokenizer, validate=True)
     return run
+
+
+def _mbr(run: TestRun, name: str) -> None:
+    """``<name>_mbr``: MBR selection among system ``name``'s draft and the ``eval.mbr_k`` nearest train+validate
+    reports' impressions (``eval.mbr_factual``: only those the findings checks do not flag more than the draft).
+
+    Uses the findings and the retrieval pool only, never a reference; ``run.mbr_sources`` counts where the
+    chosen impressions came from (``draft`` or ``retrieved:<rank>``).
+    """
+    k = run.cfg.eval.mbr_k
+    if not k:
+        return
+    neighbours = retrieval.with_similar_impressions(run.test, run.fit_pool, k)
+    chosen = selection.MBRSelector(k, factual=run.cfg.eval.mbr_factual).select_many(
+        run.test, run.systems[name], [r["similar_impressions"] for r in neighbours])
+    run.systems[f"{name}_mbr"] = [c.text for c in chosen]
+    run.mbr_sources = dict(pd.Series([c.source for c in chosen]).value_counts().sort_index())
+    _write_baseline(run, f"{name}_mbr")
+
+
+def mbr_note(run: TestRun) -> str:
+    """Where ``sft_mbr``'s impressions came from (Markdown)."""
+    if not run.mbr_sources:
+        return "MBR selection off (`eval.mbr_k: 0`)."
+    n = sum(run.mbr_sources.values())
+    drafts = run.mbr_sources.get("draft", 0)
+    return (f"`sft_mbr` kept the SFT draft for {drafts} of {n} reports ({100 * drafts / n:.1f}%) and chose a "
+            f"retrieved impression for {n - drafts} (by neighbour rank: "
+            + ", ".join(f"{s.split(':')[1]}: {c}" for s, c in run.mbr_sources.items() if s != "draft") + ").")
+
+
+def comparisons(run: TestRun, per: Mapping[str, Any]) -> pd.DataFrame:
+    """Paired bootstraps: ``sft`` against every other system, and every other model system against retrieval."""
+    cfg = run.cfg
+    table = scoring.comparisons(per, "sft", n_boot=cfg.eval.n_boot, seed=cfg.run.seed)
+    others = [s for s in per if s not in ("sft", "majority", "retrieval", "reference") and "retrieval" in per]
+    extra = [scoring.comparisons({s: per[s], "retrieval": per["retrieval"]}, s, n_boot=cfg.eval.n_boot,
+                                 seed=cfg.run.seed) for s in others]
+    return pd.concat([table, *extra], ignore_index=True)
 
 
 def decode_fine(run: TestRun, style_slots: Sequence[str | None], *, log: Callable[[str], None] = print) -> list[str]:
@@ -548,7 +590,7 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
 def manifest_summary(scores: Mapping[str, Mapping[str, Any]], fine: Sequence[str],
                      published_run: PublishedRun | None = None, triage_run: TriageRun | None = None) -> dict[str, Any]:
     """The key numbers of notebook 05 for the manifest / rendered page, each labelled with its protocol."""
-    shown = [name for name in ("retrieval", "sft", *fine) if name in scores]
+    shown = [name for name in ("retrieval", "sft", "sft_mbr", *fine) if name in scores]
     out: dict[str, Any] = {f"ROUGE-L {name} (deduplicated)": scores[name]["rougeL"] for name in shown}
     out |= {f"label F1 {name} (deduplicated)": scores[name]["label_f1_micro"] for name in shown}
     out |= {f"missed abnormality % {name} (deduplicated)": scores[name].get("missed_abnormality_rate")
@@ -595,8 +637,11 @@ def take_away(scores: Mapping[str, Mapping[str, Any]], comparison: pd.DataFrame,
                  f"{_fmt(scores, 'retrieval', 'rougeL')} and the majority impression {_fmt(scores, 'majority', 'rougeL')}.")
     row = comparison[(comparison["metric"] == "rougeL") & (comparison["vs"] == "retrieval")] \
         if {"metric", "vs"} <= set(comparison.columns) else pd.DataFrame()
-    if not row.empty:
-        r = row.iloc[0]
+    for system in dict.fromkeys(("sft", best)):
+        picked = row[row["system"] == system] if not row.empty else row
+        if picked.empty:
+            continue
+        r = picked.iloc[0]
         verdict = "beats" if r["delta"] > 0 and r["p_value"] < 0.05 else "does not significantly beat" \
             if r["delta"] > 0 else "is below"
         lines.append(f"- `{r['system']}` {verdict} retrieval on ROUGE-L: delta {r['delta']:+.1f} "
