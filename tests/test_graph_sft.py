@@ -177,8 +177,28 @@ def test_load_sft_baseline_checks_predictions(tmp_path) -> None:
     generation.write_predictions_jsonl(stale, tmp_path / "predictions" / "sft.jsonl")
     with pytest.raises(ValueError, match="other settings"):
         graph_ablation.load_sft_baseline(params, test)
-    with pytest.raises(ValueError, match="text or gnn"):
-        graph_ablation.variant_dir(params, "none")
+    read_back = params.model_copy(update={"graph": params.graph.model_copy(update={"ablation_max_steps": None})})
+    with pytest.raises(ValueError, match="must be one of"):
+        graph_ablation.variant_dir(read_back, "none")  # read back as 'sft', never trained here
+    with pytest.raises(ValueError, match="other settings"):
+        graph_ablation.load_baseline(read_back, test)
+
+
+def test_equal_budget_arms_and_settings(tmp_path) -> None:
+    from radimpress_lib.notebook import graph_ablation
+
+    params = _params_in(tmp_path)
+    params = params.model_copy(update={"graph": params.graph.model_copy(update={"ablation_max_steps": 7})})
+    assert graph_ablation.arms(params) == ["none", "text", "gnn"]
+    assert graph_ablation.baseline_system(params) == "sft_graph_none"
+    assert graph_ablation.load_baseline(params, []) is None  # nothing read back: the no-graph arm is trained
+    settings = graph_ablation.sft_settings(params)
+    assert settings.max_steps == 7 and settings.trainer == "trl"
+    assert settings.learning_rate == params.sft.learning_rate and settings.lora_targets == params.sft.lora_targets
+    assert graph_ablation.variant_dir(params, "none") == tmp_path / "sft_graph_none"
+    read_back = params.model_copy(update={"graph": params.graph.model_copy(update={"ablation_max_steps": None})})
+    assert graph_ablation.arms(read_back) == ["text", "gnn"] and graph_ablation.baseline_system(read_back) == "sft"
+    assert graph_ablation.sft_settings(read_back) == read_back.sft
 
 
 def test_ablation_table_deltas_and_times() -> None:

@@ -221,5 +221,12 @@ def test_git_sha_and_dirty_flag(tmp_path: Path) -> None:
     git("commit", "-q", "-m", "init")
     sha = git("rev-parse", "HEAD")
     assert mf.git_info(repo) == {"sha": sha, "dirty": False}
+    (repo / "outputs").mkdir()
+    (repo / "outputs" / "metrics.json").write_text("{}\n")
+    git("add", "outputs/metrics.json")
+    git("commit", "-q", "-m", "reference outputs")
+    sha = git("rev-parse", "HEAD")
+    (repo / "outputs" / "metrics.json").write_text('{"a": 1}\n')
+    assert mf.git_info(repo) == {"sha": sha, "dirty": False}  # a run rewriting its outputs is not a code change
     (repo / "a.txt").write_text("two\n")
     assert mf.git_info(repo) == {"sha": sha, "dirty": True}

@@ -211,6 +211,12 @@ class GraphStageConfig(_Stage):
         default_factory=lambda: ["text", "gnn"],
         description="variants notebook 09 trains with the SFT settings and compares with 'sft' (no graph) on test",
     )
+    ablation_max_steps: int | None = Field(
+        40, gt=0, description="notebook 09: optimizer steps of every ablation arm, at equal budget: a no-graph arm "
+        "(sft_graph_none) is retrained beside the graph variants with the SFT recipe, all layers (the GNN soft "
+        "prompt needs gradients through every layer, so no arm uses the cached trunk); null: each variant trains "
+        "with notebook 02's SFT settings and is compared with its 'sft' system, read back",
+    )
     include_normal: bool = Field(False, description="text variant: also list normal descriptors")
     max_items: int = Field(12, gt=0, description="text variant: most observation lines in the prompt")
     n_prefix: int = Field(4, gt=0, description="gnn variant: soft-prompt vectors prepended to the prompt")

@@ -192,7 +192,9 @@ def git_info(repo_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
     ``sha`` is ``None`` outside a git repository, in a repository without commits
     or when ``git`` is not installed; ``dirty`` is ``None`` only when the folder
-    is not a git work tree at all.
+    is not a git work tree at all. ``dirty`` counts changes to tracked files outside
+    ``outputs/``: a run rewrites the committed reference outputs as it goes, which says
+    nothing about the code it ran.
     """
     cwd = Path(repo_dir) if repo_dir is not None else project_root()
 
@@ -214,7 +216,7 @@ def git_info(repo_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         return {"sha": None, "dirty": None}
     head = _git("rev-parse", "--verify", "--quiet", "HEAD")
     sha = head.stdout.strip() if head is not None and head.returncode == 0 else None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)outputs")
     dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
     return {"sha": sha or None, "dirty": dirty}
 
