@@ -35,9 +35,10 @@ from radimpress_lib.core.config import Params
 from radimpress_lib.llm import checkpoints, generation, retrieval
 from radimpress_lib.train import graph_sft, sft
 
-__all__ = ["ABLATION_METRICS", "ablation_table", "arms", "baseline_system", "decode_variant", "decode_variants",
-           "budget_note", "equal_budget", "load_baseline", "load_sft_baseline", "negation_disagreements", "plot_ablation", "plot_losses",
-           "sft_settings", "system_name", "train_variant", "train_variants", "variant_dir"]
+__all__ = ["ABLATION_METRICS", "ablation_table", "arms", "baseline_system", "budget_note", "decode_variant",
+           "decode_variants", "equal_budget", "load_baseline", "load_sft_baseline", "negation_disagreements",
+           "plot_ablation", "plot_losses", "sft_settings", "system_name", "train_variant", "train_variants",
+           "variant_dir"]
 
 #: Metrics of the ablation table (issue: ROUGE-L, label F1, graph F1, negation-flip rate).
 ABLATION_METRICS = ("rougeL", "label_f1_micro", "graph_f1", "negation_flip_rate", "hallucinated_finding_rate",
@@ -56,9 +57,9 @@ def arms(params: Params) -> list[str]:
     return (["none"] if equal_budget(params) else []) + list(params.graph.ablation_variants)
 
 
-def system_name(variant: str, params: Params | None = None) -> str:
+def system_name(variant: str, params: Params) -> str:
     """``metrics.json`` system of a variant; ``none`` is ``sft_graph_none`` under an equal budget, else ``sft``."""
-    if variant == "none" and (params is None or not equal_budget(params)):
+    if variant == "none" and not equal_budget(params):
         return "sft"
     return f"sft_graph_{variant}"
 
