@@ -51,6 +51,7 @@ import gc
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -69,12 +70,17 @@ from sft_throughput import calibrate, machine  # noqa: E402
 
 from radimpress_lib import data  # noqa: E402
 from radimpress_lib.clinical import style  # noqa: E402
-from radimpress_lib.core import config, seeding  # noqa: E402
+from radimpress_lib.core import config, paths, seeding  # noqa: E402
 from radimpress_lib.evaluation import metrics  # noqa: E402
 from radimpress_lib.llm import checkpoints, generation, prompting, retrieval, trunk  # noqa: E402
 from radimpress_lib.train import cached, reward, rlhf, sft  # noqa: E402
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def portable(text: str) -> str:
+    """``text`` without this machine's absolute paths (:func:`paths.portable_text`), the temp dir as ``<tmp>``."""
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/train_speed_[^/\"]+", "<tmp>", paths.portable_text(text))
 #: Today's recipe (before issue 17): what notebooks 02-04 ran, with TRL.
 OLD: dict[str, dict[str, Any]] = {
     "sft": {"trainer": "trl", "lora_targets": QKVO, "learning_rate": 5e-4, "max_steps": 90, "per_device_batch": 8,
@@ -141,7 +147,7 @@ class Bench:
     def write(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1, default=str), encoding="utf-8")
+        tmp.write_text(portable(json.dumps(self.doc, indent=1, default=str)), encoding="utf-8")
         tmp.replace(self.out)
 
     def log(self, line: str) -> None:

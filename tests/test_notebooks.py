@@ -104,7 +104,12 @@ def test_chain_runs_on_ci_tiny(tmp_path):
                 "rougeL_published_clean_ci", "n_leaky", "missed_abnormality_rate", "trained_on"} <= set(published[system])
         assert "rougeL" not in published[system] and "bleu" not in published[system]  # never beside the headline's
     if (out / "sft_published" / "adapter").is_dir():
-        assert "sft_published" in published
+        # its MBR selection among train-as-given neighbours too; each model system paired against retrieval
+        assert {"sft_published", "sft_published_mbr"} <= set(published)
+        assert (out / "predictions_published" / "sft_published_mbr.jsonl").is_file()
+        paired = pd.read_csv(out / "comparisons_published.csv")
+        versus = set(paired.loc[(paired["vs"] == "retrieval") & (paired["metric"] == "rougeL_published"), "system"])
+        assert {"sft_published", "sft_published_mbr", "sft_dedup", "sft_mbr_dedup"} <= versus
     else:  # no protocol-A model trained: skipped with a visible note
         assert "sft_published" not in published and any("sft_published" in n for n in subset["notes"])
     page = (out / "05_evaluate.html").read_text()

@@ -259,7 +259,7 @@ class EvalStageConfig(_Stage):
     mbr_k: int = Field(
         5, ge=0, le=20, description="MBR selection (radimpress_lib.llm.selection): the SFT draft and the impressions of "
         "the k most similar train+validate reports form a candidate set; the consensus candidate is scored as "
-        "'sft_mbr'; 0: off")
+        "'sft_mbr' (protocol A: 'sft_published_mbr', neighbours from train as given); 0: off")
     mbr_factual: bool = Field(
         True, description="MBR selection: a retrieved impression is a candidate only when the findings checks flag no "
         "more problems in it than in the draft")

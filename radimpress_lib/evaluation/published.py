@@ -37,6 +37,7 @@ __all__ = [
     "METRICS_FILE",
     "NOT_TRAINED",
     "PUBLISHED_SFT",
+    "PUBLISHED_SFT_MBR",
     "SUMMARY_METRICS",
     "TABLE_METRICS",
     "TRAINED_AS_GIVEN",
@@ -53,6 +54,8 @@ __all__ = [
 METRICS_FILE = "metrics_published.json"
 #: System name of the SFT model trained on train as given.
 PUBLISHED_SFT = "sft_published"
+#: Its minimum-Bayes-risk selection among the draft and the nearest train-as-given impressions.
+PUBLISHED_SFT_MBR = f"{PUBLISHED_SFT}_mbr"
 #: Systems refitted on train as given for this protocol.
 BASELINES = ("majority", "retrieval")
 #: Key suffix of the deduplicated protocol's systems scored here.

@@ -196,15 +196,22 @@ def _mbr(run: TestRun, name: str) -> None:
     Uses the findings and the retrieval pool only, never a reference; ``run.mbr_sources`` counts where the
     chosen impressions came from (``draft`` or ``retrieved:<rank>``).
     """
-    k = run.cfg.eval.mbr_k
-    if not k:
+    if not run.cfg.eval.mbr_k:
         return
-    neighbours = retrieval.with_similar_impressions(run.test, run.fit_pool, k)
-    chosen = selection.MBRSelector(k, factual=run.cfg.eval.mbr_factual).select_many(
-        run.test, run.systems[name], [r["similar_impressions"] for r in neighbours])
+    chosen = _mbr_select(run.cfg, run.test, run.systems[name], run.fit_pool)
     run.systems[f"{name}_mbr"] = [c.text for c in chosen]
     run.mbr_sources = dict(pd.Series([c.source for c in chosen]).value_counts().sort_index())
     _write_baseline(run, f"{name}_mbr")
+
+
+def _mbr_select(cfg: Params, records: Sequence[Mapping[str, Any]], drafts: Sequence[str],
+                pool: Sequence[Mapping[str, Any]], *, same_findings: bool = False) -> list[Any]:
+    """MBR choice per report among its draft and the ``eval.mbr_k`` nearest ``pool`` impressions
+    (``same_findings``: a neighbour with the report's own findings is allowed, the published protocol's rule)."""
+    k = cfg.eval.mbr_k
+    neighbours = retrieval.with_similar_impressions(records, pool, k, same_findings=same_findings)
+    return selection.MBRSelector(k, factual=cfg.eval.mbr_factual).select_many(
+        records, drafts, [r["similar_impressions"] for r in neighbours])
 
 
 def mbr_note(run: TestRun) -> str:
@@ -562,6 +569,13 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
         result.systems[published.PUBLISHED_SFT] = [p["prediction"] for p in decoded.predictions]
         result.trained_on[published.PUBLISHED_SFT] = published.TRAINED_AS_GIVEN
         del model
+        if cfg.eval.mbr_k:
+            chosen = _mbr_select(cfg, subset.records, result.systems[published.PUBLISHED_SFT], train,
+                                 same_findings=True)
+            result.systems[published.PUBLISHED_SFT_MBR] = [c.text for c in chosen]
+            result.trained_on[published.PUBLISHED_SFT_MBR] = published.TRAINED_AS_GIVEN
+            _write_predictions(subset.records, result.systems[published.PUBLISHED_SFT_MBR],
+                               published.PUBLISHED_SFT_MBR, pred_dir / f"{published.PUBLISHED_SFT_MBR}.jsonl")
     else:
         result.notes.append(f"`{published.PUBLISHED_SFT}` not scored: no model trained on train as given at "
                             f"`{cfg.output_dir.name}/{folder.relative_to(cfg.output_dir)}` (notebook 02 trains it for this "
@@ -579,7 +593,12 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
                                                    n_boot=cfg.eval.n_boot, seed=cfg.run.seed)
     against = next((s for s in (published.PUBLISHED_SFT, f"sft{published.DEDUP_SUFFIX}") if s in result.per), None)
     if against is not None:
-        result.comparison = published.comparisons(result.per, against, n_boot=cfg.eval.n_boot, seed=cfg.run.seed)
+        boot = {"n_boot": cfg.eval.n_boot, "seed": cfg.run.seed}
+        others = [s for s in result.per if s not in (against, *published.BASELINES)] if "retrieval" in result.per else []
+        result.comparison = pd.concat(
+            [published.comparisons(result.per, against, **boot),
+             *(published.comparisons({s: result.per[s], "retrieval": result.per["retrieval"]}, s, **boot)
+               for s in others)], ignore_index=True)
         result.comparison.to_csv(out_dir / "comparisons_published.csv", index=False)
     published.update_metrics_json(out_dir / published.METRICS_FILE, result.scores, n=subset.n,
                                   subset=subset.to_dict() | {"notes": subset.notes + result.notes,
@@ -599,7 +618,8 @@ def manifest_summary(scores: Mapping[str, Mapping[str, Any]], fine: Sequence[str
         n = published_run.subset.n
         out |= {f"ROUGE-L {name} (published protocol, n={n})": s["rougeL_published"]
                 for name, s in published_run.scores.items()
-                if name in ("retrieval", published.PUBLISHED_SFT, f"sft{published.DEDUP_SUFFIX}")}
+                if name in ("retrieval", published.PUBLISHED_SFT, published.PUBLISHED_SFT_MBR,
+                            f"sft{published.DEDUP_SUFFIX}")}
     if triage_run is not None:
         for name in ("sft", *fine):
             r = triage_run.results.get(name)
@@ -670,7 +690,8 @@ def take_away(scores: Mapping[str, Mapping[str, Any]], comparison: pd.DataFrame,
                      f"ROUGE-L {_fmt(scores, best, 'rougeL_leaky')} vs {_fmt(scores, best, 'rougeL_clean')}.")
     if published_run is not None and published_run.available:
         ps, sub = published_run.scores, published_run.subset
-        candidates = (published.PUBLISHED_SFT, f"{best}{published.DEDUP_SUFFIX}", best, "retrieval")
+        candidates = (published.PUBLISHED_SFT, published.PUBLISHED_SFT_MBR, f"{best}{published.DEDUP_SUFFIX}", best,
+                      "retrieval")
         shown = [s for s in dict.fromkeys(candidates) if s in ps]
         cells = ", ".join(f"`{s}` {_fmt(ps, s, 'rougeL_published')}" for s in shown)
         gpt4 = next(a for a in scoring.PUBLISHED_ANCHORS if a["system"].startswith("GPT-4, 256"))
