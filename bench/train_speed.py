@@ -81,6 +81,8 @@ QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 def portable(text: str) -> str:
     """``text`` without this machine's absolute paths (:func:`paths.portable_text`), the temp dir as ``<tmp>``."""
     return re.sub(re.escape(tempfile.gettempdir()) + r"/train_speed_[^/\"]+", "<tmp>", paths.portable_text(text))
+
+
 #: Today's recipe (before issue 17): what notebooks 02-04 ran, with TRL.
 OLD: dict[str, dict[str, Any]] = {
     "sft": {"trainer": "trl", "lora_targets": QKVO, "learning_rate": 5e-4, "max_steps": 90, "per_device_batch": 8,

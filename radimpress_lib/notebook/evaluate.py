@@ -228,11 +228,19 @@ def mbr_note(run: TestRun) -> str:
 def comparisons(run: TestRun, per: Mapping[str, Any]) -> pd.DataFrame:
     """Paired bootstraps: ``sft`` against every other system, and every other model system against retrieval."""
     cfg = run.cfg
-    table = scoring.comparisons(per, "sft", n_boot=cfg.eval.n_boot, seed=cfg.run.seed)
-    others = [s for s in per if s not in ("sft", "majority", "retrieval", "reference") and "retrieval" in per]
-    extra = [scoring.comparisons({s: per[s], "retrieval": per["retrieval"]}, s, n_boot=cfg.eval.n_boot,
-                                 seed=cfg.run.seed) for s in others]
-    return pd.concat([table, *extra], ignore_index=True)
+    boot = {"n_boot": cfg.eval.n_boot, "seed": cfg.run.seed}
+    others = [s for s in per if s not in ("sft", "majority", "retrieval", "reference")]
+    return pd.concat([scoring.comparisons(per, "sft", **boot),
+                      *_against_retrieval(per, others, scoring.comparisons, boot)], ignore_index=True)
+
+
+def _against_retrieval(per: Mapping[str, Any], systems: Sequence[str], compare: Callable[..., pd.DataFrame],
+                       boot: Mapping[str, Any]) -> list[pd.DataFrame]:
+    """``compare`` (a paired-bootstrap table builder) of each of ``systems`` against ``retrieval``; none
+    when ``per`` has no retrieval system."""
+    if "retrieval" not in per:
+        return []
+    return [compare({s: per[s], "retrieval": per["retrieval"]}, s, **boot) for s in systems]
 
 
 def decode_fine(run: TestRun, style_slots: Sequence[str | None], *, log: Callable[[str], None] = print) -> list[str]:
@@ -594,11 +602,10 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
     against = next((s for s in (published.PUBLISHED_SFT, f"sft{published.DEDUP_SUFFIX}") if s in result.per), None)
     if against is not None:
         boot = {"n_boot": cfg.eval.n_boot, "seed": cfg.run.seed}
-        others = [s for s in result.per if s not in (against, *published.BASELINES)] if "retrieval" in result.per else []
+        others = [s for s in result.per if s not in (against, *published.BASELINES)]
         result.comparison = pd.concat(
             [published.comparisons(result.per, against, **boot),
-             *(published.comparisons({s: result.per[s], "retrieval": result.per["retrieval"]}, s, **boot)
-               for s in others)], ignore_index=True)
+             *_against_retrieval(result.per, others, published.comparisons, boot)], ignore_index=True)
         result.comparison.to_csv(out_dir / "comparisons_published.csv", index=False)
     published.update_metrics_json(out_dir / published.METRICS_FILE, result.scores, n=subset.n,
                                   subset=subset.to_dict() | {"notes": subset.notes + result.notes,

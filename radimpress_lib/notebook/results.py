@@ -5,8 +5,8 @@
 tables: protocol B with its headline metrics and the leaky / clean split; protocol A with the published
 metric, the paper's anchors (:data:`radimpress_lib.evaluation.scoring.PUBLISHED_ANCHORS`) below our rows
 and nowhere else; and, when ``bench/results/seed_variance.json`` exists, the seed spread of the coarse
-recipe (``bench/seed_variance.py``: the same SFT + decoding retrained with several seeds). ``tests/test_results_readme.py`` keeps the README's copy (between the
-``<!-- results:begin -->`` / ``<!-- results:end -->`` markers) equal to this function's output on
+recipe (``bench/seed_variance.py``: the same SFT + decoding retrained with several seeds).
+``tests/test_results_readme.py`` keeps the README's copy (between the ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers) equal to this function's output on
 ``outputs/smollm2-135m``; ``python -m radimpress_lib.notebook.results outputs/<model>`` prints it.
 """
 
@@ -106,7 +106,7 @@ def _spread(m: Mapping[str, Any] | None, sign: str = "") -> str:
 
 def seed_spread(doc: Mapping[str, Any]) -> list[str]:
     """Seed-spread table lines from a ``bench/seed_variance.py`` result (mean ± sd [min, max] over seeds)."""
-    summary, seeds = doc["summary"], doc.get("seeds", [])
+    summary = doc["summary"]
     rows = []
     for name in ("sft", "sft_mbr"):
         val, test = summary.get("validate", {}).get(name), summary.get("test", {}).get(name)
