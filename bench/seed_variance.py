@@ -48,7 +48,7 @@ from sft_throughput import calibrate, machine  # noqa: E402
 from radimpress_lib import data  # noqa: E402
 from radimpress_lib.core import config, paths  # noqa: E402
 from radimpress_lib.evaluation import scoring  # noqa: E402
-from radimpress_lib.llm import checkpoints, generation, retrieval, selection  # noqa: E402
+from radimpress_lib.llm import checkpoints, generation, retrieval  # noqa: E402
 from radimpress_lib.notebook import evaluate  # noqa: E402
 from radimpress_lib.train import sft  # noqa: E402
 
@@ -88,9 +88,7 @@ def _decode_validate(cfg: config.Params, records: list[dict[str, Any]], train: l
     result = generation.generate_impressions(model, tokenizer, records, cfg.gen, model_name=cfg.model.name,
                                              log=lambda s: None)
     drafts = [p["prediction"] for p in result.predictions]
-    neighbours = retrieval.with_similar_impressions(records, train, cfg.eval.mbr_k)
-    chosen = selection.MBRSelector(cfg.eval.mbr_k, factual=cfg.eval.mbr_factual).select_many(
-        records, drafts, [r["similar_impressions"] for r in neighbours])
+    chosen = evaluate.mbr_select(cfg, records, drafts, train)
     return {"sft": drafts, "sft_mbr": [c.text for c in chosen]}, time.perf_counter() - t0
 
 
@@ -162,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "params": args.params, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "calib_gflops_before": calibrate(), "seeds": args.seeds, "reference_seed": base.run.seed,
         "recipe": {"sft": base.sft.model_dump(), "mbr_k": base.eval.mbr_k, "mbr_factual": base.eval.mbr_factual,
+                   "mbr_flag_penalty": base.eval.mbr_flag_penalty, "mbr_coverage": base.eval.mbr_coverage,
                    "gen": base.gen.model_dump()},
         "n_train": len(dsd["train"]), "n_validate": len(val_records), "n_test": len(dsd["test"]),
         "data": load_info.get("summary"), "runs": [],

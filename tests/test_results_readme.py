@@ -74,7 +74,12 @@ def test_seed_spread_table(tmp_path):
     seeds = md.split("**Seed spread")[1]
     assert "seeds 42, 43, 44" in seeds and "retrieval scores 60.1 on test" in seeds
     assert "| `sft` | 1.2 ± 0.5 [0.7, 1.9] | 1.2 ± 0.5 [0.7, 1.9] | +1.2 ± 0.5 [+0.7, +1.9] | 2 of 3 | – | – |" in seeds
-    assert "`sft_mbr`" not in seeds
+    assert "| `sft_mbr`" not in seeds
+    assert "MBR over k = None" not in seeds  # no recipe recorded: no setting named
+    doc["recipe"] = {"mbr_k": 5, "mbr_factual": True}  # written before the penalty and coverage options existed
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert "MBR over k = 5 neighbours, flag penalty 0, without the coverage candidate" in results.results_markdown(
+        tmp_path, path)
     # no result file: no seed table
     assert "Seed spread" not in results.results_markdown(tmp_path, tmp_path / "missing.json")
 
@@ -88,6 +93,25 @@ def test_readme_section_needs_markers():
 @pytest.mark.skipif(not (REFERENCE / "metrics.json").is_file(), reason="no committed reference run")
 def test_readme_tables_match_the_reference_run():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert results.readme_section(readme) == results.results_markdown(REFERENCE, results.SEEDS), (
+    assert results.readme_section(readme) == results.results_markdown(REFERENCE, results.SEEDS, results.LEVERS), (
         "README results tables differ from outputs/smollm2-135m: paste "
         "`python -m radimpress_lib.notebook.results outputs/smollm2-135m` between the results markers")
+
+
+def test_lever_table_marks_the_choice_and_keeps_the_grid_short(tmp_path):
+    _write_run(tmp_path)
+
+    def row(r):
+        return {"rougeL": r, "label_f1_micro": 70.0, "omitted_finding_rate": 20.0, "missed_abnormality_rate": 50.0,
+                "hallucinated_finding_rate": 1.0, "rougeL_vs_retrieval": {"delta": r - 57.7, "p_value": 0.5}}
+    names = ["sft", "retrieval", "k3_pen0", "k3_pen1", "k3_pen0.5_cov", "k5_pen0", "k5_pen1", "k5_pen0.5_cov",
+             "k8_pen1", "k8_pen0.5_cov"]
+    doc = {"seed": 42, "validate": {"n": 276, "rows": {n: row(57.7 + i / 10) for i, n in enumerate(names)}},
+           "choice": {"setting": "k5_pen0.5_cov", "rule": "omitted <= 20%"}}
+    path = tmp_path / "mbr_levers.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    md = results.results_markdown(tmp_path, None, path).split("**Decode levers on validate**")[1]
+    assert "| `k5_pen0.5_cov` (chosen) | 58.4 | +0.7 (p = 0.500) |" in md and "| `retrieval` | 57.8 | – |" in md
+    shown = {n for n in names if f"| `{n}`" in md}
+    assert shown == set(names) - {"k3_pen1", "k8_pen1"}  # other k: only without penalty and at the chosen setting
+    assert "Decode levers" not in results.results_markdown(tmp_path, None, tmp_path / "missing.json")

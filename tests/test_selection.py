@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radimpress_lib.llm.selection import MBRSelector
+from radimpress_lib.llm.selection import MBRSelector, coverage_sentences, with_sentences_first
 
 FINDINGS = {"findings": "Heart size normal. Lungs clear. No effusion or pneumothorax."}
 
@@ -34,3 +34,37 @@ def test_empty_draft_is_replaced_by_a_consistent_neighbour_and_k_is_respected():
         MBRSelector(k=0)
     with pytest.raises(ValueError, match="records"):
         MBRSelector().select_many([FINDINGS], ["a", "b"], [[]])
+
+
+def test_coverage_sentences_name_what_the_draft_omits_in_findings_order():
+    findings = "The heart is mildly enlarged. No pneumothorax. There is a small left pleural effusion. Lungs clear."
+    assert coverage_sentences(findings, "No acute disease.") == [
+        "The heart is mildly enlarged.", "There is a small left pleural effusion."]
+    assert coverage_sentences(findings, "Cardiomegaly. Small left effusion.") == []
+    assert coverage_sentences(FINDINGS["findings"], "No acute disease.") == []  # nothing present to omit
+
+
+def test_sentences_go_first_and_a_numbered_draft_stays_numbered():
+    assert with_sentences_first("No acute disease.", ["Heart enlarged."]) == "Heart enlarged. No acute disease."
+    assert with_sentences_first("1. No acute disease. 2. Old rib fracture.", ["Heart enlarged."]) == (
+        "1. Heart enlarged. 2. No acute disease. 3. Old rib fracture.")
+    assert with_sentences_first("No acute disease.", []) == "No acute disease."
+
+
+def test_coverage_hypothesis_and_flag_penalty_pick_the_impression_that_covers_the_findings():
+    record = {"findings": "The heart is mildly enlarged. Lungs are clear. No pleural effusion."}
+    draft = "No acute cardiopulmonary disease."
+    neighbours = ["No acute cardiopulmonary disease.", "No acute disease.", "No acute cardiopulmonary abnormality."]
+    assert MBRSelector(k=3).select(record, draft, neighbours).text == draft  # plain consensus: the normal draft
+    covered = MBRSelector(k=3, coverage=True, flag_penalty=1.0).select(record, draft, neighbours)
+    assert covered.source == "coverage"
+    assert covered.text == "The heart is mildly enlarged. No acute cardiopulmonary disease."
+    # the penalty alone moves the choice to a neighbour that states the finding
+    stated = MBRSelector(k=3, flag_penalty=2.0, factual=False).select(
+        record, draft, ["Mild cardiomegaly. No acute disease.", "No acute disease.", "No acute disease."])
+    assert stated.text == "Mild cardiomegaly. No acute disease."
+    assert MBRSelector(k=3, flag_penalty=0.0, factual=False).select(
+        record, draft, ["Mild cardiomegaly. No acute disease.", "No acute disease.", "No acute disease."]
+    ).text != "Mild cardiomegaly. No acute disease."
+    with pytest.raises(ValueError, match="flag_penalty"):
+        MBRSelector(flag_penalty=-1)

@@ -263,6 +263,13 @@ class EvalStageConfig(_Stage):
     mbr_factual: bool = Field(
         True, description="MBR selection: a retrieved impression is a candidate only when the findings checks flag no "
         "more problems in it than in the draft")
+    mbr_flag_penalty: float = Field(
+        0.5, ge=0, description="MBR selection: utility lost per problem the findings checks flag in a candidate "
+        "(omissions included), in units of expected ROUGE-L against one candidate; 0: off (chosen on validate, "
+        "bench/mbr_levers.py)")
+    mbr_coverage: bool = Field(
+        True, description="MBR selection: also consider the draft preceded by the findings sentences that state the "
+        "significant findings it omits (extractive)")
 
     @model_validator(mode="after")
     def _check(self) -> "EvalStageConfig":

@@ -12,6 +12,12 @@ candidate only when the draft checks (:func:`radimpress_lib.clinical.checks.labe
 :func:`~radimpress_lib.clinical.checks.graph_checker`, omissions included) flag no more problems
 against this report's findings than they flag for the draft. Only the findings are used, never a
 reference impression.
+
+Two options aim the choice at coverage of the findings (the drafts under-call abnormal findings):
+``flag_penalty`` subtracts that many units of consensus per problem the findings checks flag in a candidate
+(omissions included), and ``coverage`` adds one hypothesis: the draft preceded by the findings sentences that
+state each significant finding the draft omits (extractive, :func:`coverage_sentences`). Hypotheses are scored
+against the evidence (the draft and the admitted retrieved impressions), never against themselves.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import re
+
 from rouge_score import rouge_scorer
 
-from radimpress_lib.clinical import checks
+from radimpress_lib.clinical import checks, graph
 
 
 @dataclass(frozen=True)
@@ -39,15 +47,46 @@ def _flag_count(record: Mapping[str, Any], text: str) -> int:
         checks.graph_checker(record, text, include_omissions=True))
 
 
+_NUMBERED = re.compile(r"^\s*1[.)]\s+")
+_ITEM = re.compile(r"(?:^|\s)\d+[.)]\s+")
+
+
+def coverage_sentences(findings: str, draft: str) -> list[str]:
+    """The findings sentences (in findings order, each once) that state a significant finding present which
+    ``draft`` does not mention with any status (the ``omitted`` groups of
+    :func:`radimpress_lib.clinical.graph.compare_to_findings`)."""
+    fnd = graph.extract_graph_cached(findings)
+    omitted = set(graph.compare_to_findings(graph.extract_graph_cached(draft), fnd)["omitted"])
+    if not omitted:
+        return []
+    idx = sorted({e.sentence for e in fnd.observations()
+                  if (e.group or e.name) in omitted and e.status == graph.PRESENT})
+    return [fnd.sentences[i].strip() for i in idx if i < len(fnd.sentences) and fnd.sentences[i].strip()]
+
+
+def with_sentences_first(draft: str, sentences: Sequence[str]) -> str:
+    """``sentences`` then ``draft``; a numbered draft ("1. ... 2. ...") stays numbered, renumbered from 1."""
+    if not sentences:
+        return draft
+    if _NUMBERED.match(draft):
+        items = [x.strip() for x in _ITEM.split(draft.strip()) if x.strip()]
+        return " ".join(f"{i}. {t}" for i, t in enumerate([*sentences, *items], 1))
+    return " ".join([*sentences, draft.strip()]).strip()
+
+
 class MBRSelector:
     """Choose among a draft and retrieved impressions by expected ROUGE-L (stemmed, F1) against the others."""
 
-    def __init__(self, k: int = 5, *, draft_weight: float = 1.0, factual: bool = True) -> None:
+    def __init__(self, k: int = 5, *, draft_weight: float = 1.0, factual: bool = True, flag_penalty: float = 0.0,
+                 coverage: bool = False) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1 retrieved impressions, got {k}")
         if draft_weight <= 0:
             raise ValueError(f"draft_weight must be positive, got {draft_weight}")
+        if flag_penalty < 0:
+            raise ValueError(f"flag_penalty must be >= 0, got {flag_penalty}")
         self.k, self.draft_weight, self.factual = k, draft_weight, factual
+        self.flag_penalty, self.coverage = flag_penalty, coverage
         self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
     def _similarity(self, a: str, b: str) -> float:
@@ -57,16 +96,31 @@ class MBRSelector:
         """The MBR choice for one report (``record`` holds its findings)."""
         candidates = [draft] + list(retrieved[: self.k])
         weights = [self.draft_weight] + [1.0] * (len(candidates) - 1)
-        keep = list(range(len(candidates)))
-        if self.factual and len(candidates) > 1:
-            limit = _flag_count(record, draft)
-            keep = [0] + [i for i in keep[1:] if candidates[i].strip() and _flag_count(record, candidates[i]) <= limit]
-        if len(keep) == 1:
-            return Selection(draft, "draft", len(keep))
-        utility = {i: sum(weights[j] * self._similarity(candidates[i], candidates[j]) for j in keep if j != i)
-                   for i in keep}
-        best = max(keep, key=lambda i: (utility[i], -i))  # ties go to the draft, then the nearer neighbour
-        return Selection(candidates[best], "draft" if best == 0 else f"retrieved:{best}", len(keep))
+        keep = [0] + [i for i in range(1, len(candidates)) if candidates[i].strip()]
+        flags: dict[int, int] = {}
+        if (self.factual or self.flag_penalty) and len(keep) > 1:
+            flags = {i: _flag_count(record, candidates[i]) for i in keep}
+            if self.factual:
+                keep = [0] + [i for i in keep[1:] if flags[i] <= flags[0]]
+        hypotheses, covered = list(keep), None
+        if self.coverage:
+            added = coverage_sentences(str(record.get("findings") or ""), draft)
+            if added:
+                candidates.append(with_sentences_first(draft, added))
+                covered = len(candidates) - 1
+                hypotheses.append(covered)
+                if self.flag_penalty:
+                    flags[covered] = _flag_count(record, candidates[covered])
+        if len(hypotheses) == 1:
+            return Selection(draft, "draft", 1)
+        # expected similarity against the evidence, a candidate's own copy included (similarity 1): with equal
+        # weights this ranks the evidence as leaving itself out would, and puts a hypothesis outside the evidence
+        # (the coverage one) on the same scale
+        utility = {i: sum(weights[j] * (1.0 if i == j else self._similarity(candidates[i], candidates[j])) for j in keep)
+                   - self.flag_penalty * flags.get(i, 0) for i in hypotheses}
+        best = max(hypotheses, key=lambda i: (utility[i], -i))  # ties go to the draft, then the nearer neighbour
+        source = "draft" if best == 0 else "coverage" if best == covered else f"retrieved:{best}"
+        return Selection(candidates[best], source, len(hypotheses))
 
     def select_many(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str],
                     retrieved: Sequence[Sequence[str]]) -> list[Selection]:

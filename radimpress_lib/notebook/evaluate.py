@@ -198,19 +198,20 @@ def _mbr(run: TestRun, name: str) -> None:
     """
     if not run.cfg.eval.mbr_k:
         return
-    chosen = _mbr_select(run.cfg, run.test, run.systems[name], run.fit_pool)
+    chosen = mbr_select(run.cfg, run.test, run.systems[name], run.fit_pool)
     run.systems[f"{name}_mbr"] = [c.text for c in chosen]
     run.mbr_sources = dict(pd.Series([c.source for c in chosen]).value_counts().sort_index())
     _write_baseline(run, f"{name}_mbr")
 
 
-def _mbr_select(cfg: Params, records: Sequence[Mapping[str, Any]], drafts: Sequence[str],
+def mbr_select(cfg: Params, records: Sequence[Mapping[str, Any]], drafts: Sequence[str],
                 pool: Sequence[Mapping[str, Any]], *, same_findings: bool = False) -> list[Any]:
     """MBR choice per report among its draft and the ``eval.mbr_k`` nearest ``pool`` impressions
     (``same_findings``: a neighbour with the report's own findings is allowed, the published protocol's rule)."""
     k = cfg.eval.mbr_k
     neighbours = retrieval.with_similar_impressions(records, pool, k, same_findings=same_findings)
-    return selection.MBRSelector(k, factual=cfg.eval.mbr_factual).select_many(
+    return selection.MBRSelector(k, factual=cfg.eval.mbr_factual, flag_penalty=cfg.eval.mbr_flag_penalty,
+                                 coverage=cfg.eval.mbr_coverage).select_many(
         records, drafts, [r["similar_impressions"] for r in neighbours])
 
 
@@ -219,10 +220,15 @@ def mbr_note(run: TestRun) -> str:
     if not run.mbr_sources:
         return "MBR selection off (`eval.mbr_k: 0`)."
     n = sum(run.mbr_sources.values())
-    drafts = run.mbr_sources.get("draft", 0)
-    return (f"`sft_mbr` kept the SFT draft for {drafts} of {n} reports ({100 * drafts / n:.1f}%) and chose a "
-            f"retrieved impression for {n - drafts} (by neighbour rank: "
-            + ", ".join(f"{s.split(':')[1]}: {c}" for s, c in run.mbr_sources.items() if s != "draft") + ").")
+    drafts, covered = run.mbr_sources.get("draft", 0), run.mbr_sources.get("coverage", 0)
+    retrieved = {s.split(":")[1]: c for s, c in run.mbr_sources.items() if s.startswith("retrieved:")}
+    text = (f"`sft_mbr` kept the SFT draft for {drafts} of {n} reports ({100 * drafts / n:.1f}%) and chose a "
+            f"retrieved impression for {sum(retrieved.values())} (by neighbour rank: "
+            + ", ".join(f"{r}: {c}" for r, c in retrieved.items()) + ").")
+    if run.cfg.eval.mbr_coverage:
+        text += (f" For {covered} ({100 * covered / n:.1f}%) it chose the draft preceded by the findings sentences "
+                 "of the significant findings the draft omits (`eval.mbr_coverage`).")
+    return text
 
 
 def comparisons(run: TestRun, per: Mapping[str, Any]) -> pd.DataFrame:
@@ -578,7 +584,7 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
         result.trained_on[published.PUBLISHED_SFT] = published.TRAINED_AS_GIVEN
         del model
         if cfg.eval.mbr_k:
-            chosen = _mbr_select(cfg, subset.records, result.systems[published.PUBLISHED_SFT], train,
+            chosen = mbr_select(cfg, subset.records, result.systems[published.PUBLISHED_SFT], train,
                                  same_findings=True)
             result.systems[published.PUBLISHED_SFT_MBR] = [c.text for c in chosen]
             result.trained_on[published.PUBLISHED_SFT_MBR] = published.TRAINED_AS_GIVEN

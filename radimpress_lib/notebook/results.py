@@ -5,7 +5,8 @@
 tables: protocol B with its headline metrics and the leaky / clean split; protocol A with the published
 metric, the paper's anchors (:data:`radimpress_lib.evaluation.scoring.PUBLISHED_ANCHORS`) below our rows
 and nowhere else; and, when ``bench/results/seed_variance.json`` exists, the seed spread of the coarse
-recipe (``bench/seed_variance.py``: the same SFT + decoding retrained with several seeds).
+recipe (``bench/seed_variance.py``: the same SFT + decoding retrained with several seeds) and, when
+``bench/results/mbr_levers.json`` exists, the validate sweep of the MBR selection that chose ``sft_mbr``'s setting.
 ``tests/test_results_readme.py`` keeps the README's copy (between the ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers) equal to this function's output on
 ``outputs/smollm2-135m``; ``python -m radimpress_lib.notebook.results outputs/<model>`` prints it.
 """
@@ -30,6 +31,8 @@ SYSTEMS_A = ("majority", "retrieval", "sft_published", "sft_published_mbr", "sft
              "fine_rl_dedup")
 #: The seed-variance benchmark's result, shown under the tables when present.
 SEEDS = Path(__file__).resolve().parents[2] / "bench" / "results" / "seed_variance.json"
+#: The decode-lever benchmark's result (validate sweep of the MBR selection), shown when present.
+LEVERS = SEEDS.parent / "mbr_levers.json"
 
 
 def _num(x: Any, digits: int = 1) -> str:
@@ -121,7 +124,35 @@ def seed_spread(doc: Mapping[str, Any]) -> list[str]:
                    "seeds with Δ > 0 at p < 0.05", "test label F1", "test missed abnormality %"], rows)
 
 
-def results_markdown(out_dir: str | Path, seeds: str | Path | None = None) -> str:
+def _mbr_setting(recipe: Mapping[str, Any]) -> str:
+    cov = "with" if recipe.get("mbr_coverage") else "without"
+    return (f"MBR over k = {recipe.get('mbr_k')} neighbours, flag penalty {recipe.get('mbr_flag_penalty', 0.0):g}, "
+            f"{cov} the coverage candidate")
+
+
+def lever_table(doc: Mapping[str, Any]) -> list[str]:
+    """Validate rows of a ``bench/mbr_levers.py`` result: greedy, retrieval, every setting of the chosen ``k``, and
+    the other ``k`` without the penalty and with the chosen penalty and coverage (the whole grid is in the JSON)."""
+    rows_in = doc["validate"]["rows"]
+    choice = doc.get("choice", {}).get("setting") or ""
+    k_chosen, _, rest = choice.partition("_")
+    shown = [n for n in rows_in if "_" not in n or n.startswith(f"{k_chosen}_") or n.endswith("_pen0")
+             or (rest and n.endswith(f"_{rest}"))]
+    rows = []
+    for name in shown:
+        r = rows_in[name]
+        delta = r.get("rougeL_vs_retrieval") or {}
+        label = f"`{name}`" + (" (chosen)" if name == choice else "")
+        rows.append([label, f"{r['rougeL']:.1f}",
+                     "–" if name == "retrieval" else f"{delta['delta']:+.1f} (p = {delta['p_value']:.3f})",
+                     f"{r['label_f1_micro']:.1f}", f"{r['omitted_finding_rate']:.1f}",
+                     f"{r['missed_abnormality_rate']:.1f}", f"{r['hallucinated_finding_rate']:.1f}"])
+    return _table(["validate system (MBR: k, flag penalty, coverage)", "ROUGE-L", "Δ vs retrieval", "label F1",
+                   "omitted %", "missed abnormality %", "hallucinated %"], rows)
+
+
+def results_markdown(out_dir: str | Path, seeds: str | Path | None = None,
+                     levers: str | Path | None = None) -> str:
     """Both protocol tables of the run in ``out_dir`` (Markdown, without the README markers), and the seed
     spread from the ``bench/seed_variance.py`` result ``seeds`` when that file exists."""
     out_dir = Path(out_dir)
@@ -140,8 +171,15 @@ def results_markdown(out_dir: str | Path, seeds: str | Path | None = None) -> st
         lines += ["", f"**Seed spread, protocol B** (`bench/results/seed_variance.json`: the coarse recipe retrained "
                   f"with seeds {', '.join(map(str, doc.get('seeds', [])))}; mean ± sd [min, max]; validate "
                   f"n = {doc.get('n_validate')}, test n = {doc.get('n_test')}; retrieval scores "
-                  f"{doc['summary']['test'].get('retrieval_rougeL', float('nan')):.1f} on test):", "",
+                  f"{doc['summary']['test'].get('retrieval_rougeL', float('nan')):.1f} on test"
+                  + (f"; `sft_mbr` there: {_mbr_setting(doc['recipe'])}" if doc.get("recipe") else "") + "):", "",
                   *seed_spread(doc)]
+    if levers is not None and Path(levers).is_file():
+        doc = json.loads(Path(levers).read_text(encoding="utf-8"))
+        choice = doc.get("choice", {})
+        lines += ["", f"**Decode levers on validate** (`bench/results/mbr_levers.json`, seed {doc.get('seed')}, "
+                  f"n = {doc['validate']['n']}; chosen by the rule: {choice.get('rule')}; protocol B metrics):", "",
+                  *lever_table(doc)]
     return "\n".join(lines) + "\n"
 
 
@@ -153,4 +191,4 @@ def readme_section(readme: str) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover - a print helper
-    sys.stdout.write(results_markdown(sys.argv[1] if len(sys.argv) > 1 else "outputs/smollm2-135m", SEEDS))
+    sys.stdout.write(results_markdown(sys.argv[1] if len(sys.argv) > 1 else "outputs/smollm2-135m", SEEDS, LEVERS))
