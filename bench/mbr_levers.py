@@ -58,6 +58,10 @@ def setting_name(k: int, penalty: float, coverage: bool) -> str:
     return f"k{k}_pen{penalty:g}{'_cov' if coverage else ''}"
 
 
+#: Every grid setting by name.
+GRID = {setting_name(*s): s for s in itertools.product(KS, PENALTIES, COVERAGE)}
+
+
 def select_all(records: list[dict[str, Any]], drafts: list[str], neighbours: list[list[str]], k: int,
                penalty: float, coverage: bool, factual: bool = True) -> tuple[list[str], dict[str, int]]:
     """The chosen impressions of one setting and how many came from each source kind."""
@@ -135,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     systems: dict[str, list[str]] = {"sft": drafts, "retrieval": val_baselines["retrieval"]}
     sources: dict[str, dict[str, int]] = {}
     t2 = time.perf_counter()
-    for k, penalty, coverage in itertools.product(KS, PENALTIES, COVERAGE):
-        name = setting_name(k, penalty, coverage)
+    for name, (k, penalty, coverage) in GRID.items():
         systems[name], sources[name] = select_all(val_records, drafts, neighbours, k, penalty, coverage)
     doc["select_s"] = round(time.perf_counter() - t2, 1)
     scored = _score(systems, val_records, args.sweep_boot, seed)
@@ -158,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                    retrieval.with_similar_impressions(run.test, run.fit_pool, max(KS))]
         test_systems = {"sft": run.systems["sft"], "retrieval": run.systems["retrieval"]}
         for name in dict.fromkeys([setting_name(base.eval.mbr_k, 0.0, False), doc["default"], best]):
-            k, pen, cov = next(s for s in itertools.product(KS, PENALTIES, COVERAGE) if setting_name(*s) == name)
-            test_systems[name], _ = select_all(run.test, run.systems["sft"], test_nb, k, pen, cov)
+            test_systems[name], _ = select_all(run.test, run.systems["sft"], test_nb, *GRID[name])
         doc["test"] = {"n": len(run.test), "rows": _score(test_systems, run.test, args.n_boot, seed)}
         print("test: " + ", ".join(f"{n} {r['rougeL']:.2f}" for n, r in doc["test"]["rows"].items()), flush=True)
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -16,17 +16,17 @@ reference impression.
 Two options aim the choice at coverage of the findings (the drafts under-call abnormal findings):
 ``flag_penalty`` subtracts that many units of consensus per problem the findings checks flag in a candidate
 (omissions included), and ``coverage`` adds one hypothesis: the draft preceded by the findings sentences that
-state each significant finding the draft omits (extractive, :func:`coverage_sentences`). Hypotheses are scored
-against the evidence (the draft and the admitted retrieved impressions), never against themselves.
+state each significant finding the draft omits (extractive, :func:`coverage_sentences`). Every hypothesis is
+scored against the evidence (the draft and the admitted retrieved impressions); an evidence candidate's own copy
+counts with similarity 1, so the coverage hypothesis, which is not evidence, is on the same scale.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import re
 
 from rouge_score import rouge_scorer
 
