@@ -76,3 +76,56 @@ def test_disease_adapter_on_tiny_model(tmp_path):
     general = params.override({"disease": {"init": "general"}})
     with pytest.raises(FileNotFoundError, match="run notebook 02 first"):
         disease.train_disease_adapter(general, train, None)
+
+
+# --------------------------------------------------------------------------- the disease system
+
+
+def _onc_train(n: int = 60) -> list[dict]:
+    """Nodules reach the impression, calcified granulomas do not."""
+    out = []
+    for i in range(n):
+        if i % 2:
+            out.append(_rec(f"n{i}", f"Heart normal. A {8 + i % 5} mm right upper lobe nodule.",
+                            "Right upper lobe nodule, CT recommended."))
+        else:
+            out.append(_rec(f"g{i}", "Heart normal. Calcified granuloma in the left base.", "No acute disease."))
+    return out
+
+
+def test_mention_model_and_slice_sentences():
+    cfg = config.DiseaseStageConfig()
+    matcher = disease.DiseaseMatcher(cfg)
+    assert matcher.names("Small nodule.") and not matcher.names("Normal chest.")
+    model = disease.SliceMentionModel(matcher, c=10.0).fit(_onc_train())
+    p = model.predict(["Heart normal. A 9 mm right upper lobe nodule.", "Heart normal. Calcified granuloma in the left base."])
+    assert p[0] > 0.5 > p[1] and model.n_positive == 30
+    findings = "Heart normal. A 9 mm right upper lobe nodule. No effusion."
+    assert disease.slice_sentences(matcher, findings, "Normal chest.") == ["A 9 mm right upper lobe nodule."]
+    assert disease.slice_sentences(matcher, findings, "Right nodule.") == []  # the draft names one already
+    with pytest.raises(ValueError, match="name a finding"):
+        disease.SliceMentionModel(matcher).fit([_rec("g", "Calcified granuloma.")] * 3)
+
+
+def test_slice_selector_adds_what_the_impression_should_name_only():
+    cfg = config.DiseaseStageConfig()
+    matcher = disease.DiseaseMatcher(cfg)
+    selector = disease.SliceSelector(matcher, disease.SliceMentionModel(matcher).fit(_onc_train()))
+    records = [{"findings": "Heart normal. A 9 mm right upper lobe nodule."},
+               {"findings": "Heart normal. Calcified granuloma in the left base."}]
+    out = selector(records, ["No acute disease.", "No acute disease."])
+    assert out == ["A 9 mm right upper lobe nodule. No acute disease.", "No acute disease."]
+    assert disease.SliceSelector(matcher, None)(records, ["x", "y"]) == ["x", "y"]
+
+
+def test_slice_recall_and_paired_difference():
+    matcher = disease.DiseaseMatcher(config.DiseaseStageConfig())
+    refs = ["Right nodule.", "Left lung mass.", "No acute disease.", "No acute disease."]
+    systems = {"general": ["Normal.", "Left mass.", "Normal.", "Normal."],
+               "disease": ["Nodule.", "Left mass.", "Nodule.", "Normal."]}
+    table = disease.slice_recall(matcher, refs, systems, against="general", n_boot=200, seed=0)
+    assert table.loc["general", "recall"] == 50.0 and table.loc["disease", "recall"] == 100.0
+    assert table.loc["disease", "over_call_rate"] == 50.0 and table.loc["general", "over_call_rate"] == 0.0
+    assert table.loc["disease", "recall_vs_general"] == 50.0 and table.loc["general", "n_reference_names"] == 2
+    lo, hi = table.loc["disease", "recall_vs_general_ci"]
+    assert 0.0 <= lo <= 50.0 <= hi <= 100.0

@@ -119,6 +119,11 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     assert ((comparisons["system"] == "sft_mbr") & (comparisons["vs"] == "retrieval")).any()
     assert "kept the SFT draft for" in page
     assert "68.2 (published)" in page and "not CheXbert" in page and "Published protocol" in page
+    # notebook 08's disease system: chosen on the validate slice, compared with the general system on the test slice
+    onc = json.loads((out / "disease_oncology.json").read_text())
+    assert {"general_sft", "disease_sft", "general_sft_mbr", "disease_system", "retrieval"} <= set(onc["scores"])
+    assert {"choice", "general", "comparison", "recall", "verdict"} <= set(onc["disease_system"])
+    assert onc["disease_system"]["general"] == "general_sft_mbr" and "Disease system vs" in onc["disease_system"]["verdict"]
     # notebook 05's review triage: the risk model fitted on validate drafts, every model system on test
     from radimpress_lib.evaluation.triage import RISK_MODEL_FILE, RiskModel
 
@@ -132,6 +137,11 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     assert "not CheXbert" in triage["labeler"] and triage["risk_model"]["n_validate"] == 16
     risk_model = RiskModel.load(out / RISK_MODEL_FILE)
     assert risk_model.threshold == triage["sft"]["threshold"] and risk_model.curve["flag_rate"]
+    # sft_mbr keeps the weights, with the threshold that flags the same share of its own validate drafts
+    mbr_model = RiskModel.load(out / triage["thresholds"]["sft_mbr"]["path"])
+    assert mbr_model.coef == risk_model.coef and mbr_model.threshold == triage["sft_mbr"]["threshold"]
+    assert triage["sft_mbr"]["threshold_from"] == "validate drafts of sft_mbr"
+    assert triage["fine_rl"]["threshold_from"] == "validate drafts of sft"
     assert "review_triage" in {p.stem for p in (out / "figures").iterdir()} and "Review triage" in page
     # rendered pages open on results: no parameter cells, a generated summary, the take-away of 05
     run_log = json.loads((out / "run_log.json").read_text())

@@ -208,6 +208,25 @@ def test_threshold_for_a_review_budget_flags_that_share():
     assert 0 <= model.expected_recall(0.25) <= 1
 
 
+def test_recalibrated_threshold_flags_the_same_share_of_another_systems_drafts(tmp_path):
+    x, y, missed = _synthetic(seed=2)
+    model, _ = triage.fit_risk_model(x, y, missed, n_folds=4, repeats=1, max_flag_rate=0.3)
+    # a second system whose drafts omit the effusion less often: lower risks under the same weights
+    other, y2 = x.copy(), y.copy()
+    fixed = other["omitted:Pleural Effusion"].to_numpy(dtype=bool) & (np.arange(len(x)) % 2 == 0)
+    other.loc[fixed, "omitted:Pleural Effusion"] = 0.0
+    y2[fixed] = False
+    share = model.operating_point["flag_rate"]
+    assert np.mean(model.predict(other) >= model.threshold) < share - 0.03  # the fitted threshold under-flags it
+    own = triage.recalibrated(model, other, y2, y2 & missed, system="other")
+    assert own.coef == model.coef and own.threshold < model.threshold
+    assert np.mean(model.predict(other) >= own.threshold) == pytest.approx(share, abs=0.02)
+    assert own.operating_point["recall"] == pytest.approx(np.mean(model.predict(other)[y2] >= own.threshold))
+    assert own.meta["recalibrated_on"] == "validate drafts of other" and own.meta["n_errors"] == int(y2.sum())
+    again = triage.RiskModel.load(own.save(tmp_path / "risk_model_other.json"))
+    assert again.threshold == own.threshold and again.threshold_for_budget(share) == pytest.approx(own.threshold)
+
+
 def test_operating_point_is_the_smallest_flag_rate_meeting_the_targets():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     y = np.array([1, 1, 0, 1, 0, 0, 1, 0, 0, 0], dtype=bool)
@@ -351,3 +370,52 @@ def test_cli_risk_model_missing_or_bad(cli_run, tmp_path, capsys):
     assert rows["eff"]["risk"] is None and not rows["eff"]["needs_review"]  # an omission is no rule flag
     rc, rows = cli_run("--risk-model", "none")
     assert rc == 0 and rows["ct"]["needs_review"] and rows["ok"]["risk"] is None
+
+
+def test_cli_select_mbr_writes_notebook_05s_choice_with_its_own_threshold(monkeypatch, tmp_path, capsys):
+    """With the run's adapter the CLI writes sft_mbr's choice (same selection as notebook 05) and reads the risk
+    model thresholded on sft_mbr's validate drafts; ``--select draft`` writes the model's draft."""
+    from radimpress_lib.apps import cli
+    from radimpress_lib.core import config
+    from radimpress_lib.llm import retrieval, selection
+
+    pool = _train_reports()
+    model_drafts = {"eff": "Normal chest.", "card": "Cardiomegaly.", "gran": "Calcified granuloma."}
+
+    def drafter_for(model, tokenizer, gen_cfg, **kw):
+        return lambda records: [{"draft": model_drafts[r["report_id"]], "stopped": True, "n_new_tokens": 3}
+                                for r in records]
+
+    monkeypatch.setattr(cli, "load_drafting_model", lambda params, adapter: (None, None, {"model": "f", "adapter": "a"}))
+    monkeypatch.setattr(cli, "model_drafter", drafter_for)
+    monkeypatch.setattr(retrieval, "load_data", lambda params: ({"train": pool[:45], "validate": pool[45:]}, {}))
+    monkeypatch.setattr(cli, "default_risk_model_path", lambda params: tmp_path / "triage" / "risk_model.json")
+    sft_model = triage.RiskModel.load(_hand_model(tmp_path))
+    mbr_path = triage.recalibrated(sft_model, pd.DataFrame(0.0, index=range(4), columns=sft_model.features),
+                                   [True, False, False, False], [False] * 4, system="sft_mbr").save(
+        tmp_path / "triage" / "risk_model_sft_mbr.json")
+    records = [{"report_id": "eff", "findings": "Small left pleural effusion. Heart size normal."},
+               {"report_id": "card", "findings": "Cardiomegaly. No effusion."},
+               {"report_id": "gran", "findings": "Calcified granuloma. Lungs clear. No effusion."}]
+    inp = tmp_path / "reports.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "drafts.jsonl"
+
+    def run(*extra):
+        assert cli.main(["draft", str(inp), "-o", str(out), "--model", "ci-tiny", *extra]) == 0
+        return {r["report_id"]: r for r in map(json.loads, out.read_text().splitlines())}, capsys.readouterr().err
+
+    rows, err = run()
+    params = config.load_params("ci-tiny")
+    expected = selection.NeighbourMBR.from_config(params.eval, pool)(records, [model_drafts[r["report_id"]]
+                                                                             for r in records])
+    assert [rows[r["report_id"]]["draft"] for r in records] == [c.text for c in expected]
+    assert [rows[r["report_id"]]["selection"] for r in records] == [c.source for c in expected]
+    eff = rows["eff"]  # the normal draft omits the effusion: another candidate wins, the model's draft is kept
+    assert eff["selection"] != "draft" and eff["model_draft"] == "Normal chest." and "effusion" in eff["draft"].lower()
+    assert "model_draft" not in rows["card"] or rows["card"]["selection"] != "draft"
+    assert "impression: MBR over the draft and" in err and str(mbr_path) in err and "selected {" in err
+    rows, err = run("--select", "draft")
+    assert [rows[r["report_id"]]["draft"] for r in records] == list(model_drafts.values())
+    assert all("selection" not in r for r in rows.values()) and "impression: the model draft" in err
+    assert str(tmp_path / "triage" / "risk_model.json") in err

@@ -36,9 +36,16 @@ Design:
   ``data.body_parts``, default XR CHEST); a report of another study (a CT of the head) is drafted
   and flagged (``needs_review``, reason ``out_of_scope``) or, with ``--out-of-scope refuse``
   (``draft.out_of_scope``), not drafted and counted.
+* **the impression**: with the run's fine-tuned model, ``--select mbr`` (``draft.select``, the default)
+  writes notebook 05's ``sft_mbr``: the minimum-Bayes-risk choice among the model's draft, the
+  impressions of the ``eval.mbr_k`` most similar train+validate reports and the draft preceded by the
+  findings sentences it omits (:class:`radimpress_lib.llm.selection.NeighbourMBR`, :func:`mbr_drafter`);
+  the row says ``selection`` and keeps ``model_draft`` when another candidate won. ``--select draft``
+  writes the greedy draft (notebook 05's ``sft``); ``--adapter none`` always does.
 * **needs review**: each row carries ``risk``, the review-risk score of the run's risk model
   (``outputs/<model>/triage/risk_model.json``, fitted and thresholded on validate drafts by notebook
-  05; :class:`radimpress_lib.evaluation.triage.DraftTriage`), and ``needs_review`` when the risk
+  05, with ``--select mbr`` ``risk_model_sft_mbr.json``, the same weights thresholded on ``sft_mbr``'s
+  validate drafts; :class:`radimpress_lib.evaluation.triage.DraftTriage`), and ``needs_review`` when the risk
   reaches the model's operating threshold (or the threshold for ``--review-budget``, a share of
   drafts), or the study is out of scope, the draft empty or cut at the token limit.
   ``review_reasons`` lists ``{kind, message, severity}`` for each reason, most severe first
@@ -166,6 +173,8 @@ class DraftSummary:
     n_guard_rewritten: int = 0
     n_guard_unresolved: int = 0
     triage: str = "rules"
+    #: where the written impressions came from with --select mbr (draft, retrieved:<rank>, coverage)
+    selected: Counter = field(default_factory=Counter)
 
     @property
     def reports_per_s(self) -> float:
@@ -181,7 +190,7 @@ class DraftSummary:
             "n_refused": self.n_refused, "skipped": dict(self.skipped),
             "wall_time_s": self.wall_time_s, "reports_per_s": self.reports_per_s, "n_batches": self.n_batches,
             "n_guard_rewritten": self.n_guard_rewritten, "n_guard_unresolved": self.n_guard_unresolved,
-            "triage": self.triage,
+            "triage": self.triage, "selected": dict(self.selected),
         }
 
 
@@ -523,6 +532,28 @@ def model_drafter(model: Any, tokenizer: Any, gen_cfg: Any, *, model_name: str,
     return draft
 
 
+def mbr_drafter(drafter: Drafter, select: Callable[[list[dict[str, Any]], list[str]], list[Any]]) -> Drafter:
+    """``drafter`` followed by a selection (:class:`radimpress_lib.llm.selection.NeighbourMBR`), as notebook 05's
+    ``sft_mbr``: each row carries ``selection`` (``draft``, ``retrieved:<rank>`` or ``coverage``) and, when the
+    written impression is not the model's draft, ``model_draft``. A retrieved impression has no stop status or
+    token count (``None``); the review triage reads no token statistics, as 05 scored ``sft_mbr``.
+    """
+
+    def draft(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = drafter(records)
+        for o, choice in zip(out, select(records, [o["draft"] for o in out])):
+            o["selection"] = choice.source
+            if choice.source != "draft":
+                o["model_draft"], o["draft"] = o["draft"], choice.text
+            if choice.source.startswith("retrieved"):
+                o["stopped"] = o["n_new_tokens"] = None
+            if "_triage" in o:
+                o["_triage"] = {"record": o["_triage"]["record"]}
+        return out
+
+    return draft
+
+
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     it = iter(items)
     while batch := list(itertools.islice(it, size)):
@@ -603,6 +634,8 @@ def draft_stream(
             summary.n_needs_review += bool(reasons)
             summary.reasons_by_kind.update(r["kind"] for r in reasons)
             summary.n_out_of_scope += any(r["kind"] == "out_of_scope" for r in reasons)
+            if "selection" in out:
+                summary.selected[out["selection"].split(":")[0]] += 1
             if "guard" in out:
                 rewritten = out["guard"].get("beam_rank") is not None
                 summary.n_guard_rewritten += rewritten
@@ -754,6 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--review-budget", type=float, default=None, metavar="SHARE",
                    help="share of drafts to flag for review, e.g. 0.2: the risk threshold that flags that share of "
                         "validate drafts (default draft.review_budget, else the risk model's operating threshold)")
+    d.add_argument("--select", choices=["mbr", "draft"], default=None,
+                   help="with the run's fine-tuned model: 'mbr' writes the MBR choice among its draft and the "
+                        "impressions of similar train+validate reports (notebook 05's sft_mbr), 'draft' the greedy "
+                        "draft (default draft.select)")
     d.add_argument("--guard", type=int, default=0, metavar="N",
                    help="factual guard: re-decode a draft that contradicts its findings (negation flip) with N "
                         "beams and keep the best candidate without the contradiction (0: off; e.g. 4)")
@@ -794,7 +831,8 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
     skipped: Counter = Counter()
     text_fields = {"indication": args.indication, "comparison": args.comparison, "radiologist_id": args.radiologist_id,
                    "modality": args.modality, "body_part": args.body_part}
-    risk_model = _risk_model_path(args, params)  # checked now: a missing --risk-model fails before the model loads
+    select = _selection(args, params)
+    risk_model = _risk_model_path(args, params, select)  # checked now: a missing --risk-model fails before the model loads
     output = _AtomicOutput(args.output) if to_file else None  # checked now: a bad -o fails before the model loads
     try:
         inputs = iter_reports(args.input, fmt=args.fmt, limits=limits, stdin=stdin, skip_invalid=args.skip_invalid,
@@ -807,7 +845,7 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
         summary = _draft_all(args, params, itertools.chain([first], inputs), output.fh if output else
                              (stdout if stdout is not None else sys.stdout), batch_size=batch_size, skipped=skipped,
                              scope=scope, out_of_scope=out_of_scope, progress=progress, limits=limits,
-                             risk_model=risk_model)
+                             risk_model=risk_model, select=select)
     except BaseException:
         if output is not None:
             output.discard()
@@ -822,18 +860,31 @@ def default_risk_model_path(params: Any) -> Path:
     return params.output_dir / "triage" / "risk_model.json"
 
 
-def _risk_model_path(args: argparse.Namespace, params: Any) -> Path | None:
+def _default_risk_model(params: Any, select: str) -> Path:
+    path = default_risk_model_path(params)
+    return path.with_name(f"risk_model_sft_mbr{path.suffix}") if select == "mbr" else path
+
+
+def _selection(args: argparse.Namespace, params: Any) -> str:
+    """``mbr`` or ``draft``: MBR only for the run's fine-tuned model (not ``--adapter none``) with ``eval.mbr_k``."""
+    select = args.select or params.draft.select
+    base = args.adapter is not None and args.adapter.lower() == "none"
+    return "mbr" if select == "mbr" and params.eval.mbr_k and not base else "draft"
+
+
+def _risk_model_path(args: argparse.Namespace, params: Any, select: str = "draft") -> Path | None:
     """The risk model to use, None for rule flags; an explicit path that is missing is an :class:`InputError`.
 
     The default path may be missing (notebook 05 not run): then rule flags, said on stderr, unless
-    a review budget was asked for, which needs the model.
+    a review budget was asked for, which needs the model. With ``select == "mbr"`` the default is the
+    model thresholded on ``sft_mbr``'s validate drafts (``risk_model_sft_mbr.json`` beside it).
     """
     budget = args.review_budget if args.review_budget is not None else params.draft.review_budget
     if args.risk_model is not None and args.risk_model.lower() == "none":
         if args.review_budget is not None:
             raise InputError("--review-budget needs a risk model; drop --risk-model none")
         return None
-    path = Path(args.risk_model) if args.risk_model is not None else default_risk_model_path(params)
+    path = Path(args.risk_model) if args.risk_model is not None else _default_risk_model(params, select)
     if not path.is_file():
         if args.risk_model is not None or budget is not None:
             raise InputError(f"{path}: no review-risk model (notebook 05 writes it: make reproduce NOTEBOOKS=05); "
@@ -842,11 +893,12 @@ def _risk_model_path(args: argparse.Namespace, params: Any) -> Path | None:
     return path
 
 
-def _load_triage(params: Any, path: Path | None, args: argparse.Namespace, progress: Callable[[str], None] | None):
+def _load_triage(params: Any, path: Path | None, args: argparse.Namespace, progress: Callable[[str], None] | None,
+                 select: str = "draft"):
     """The :class:`~radimpress_lib.evaluation.triage.DraftTriage` of ``path``, or None (rule flags, with a note)."""
     if path is None:
         if args.risk_model is None and progress:  # rows say it too: "risk" is null
-            progress(f"draft: note: no review-risk model at {default_risk_model_path(params)} (notebook 05 writes "
+            progress(f"draft: note: no review-risk model at {_default_risk_model(params, select)} (notebook 05 writes "
                      "it): needs_review falls back to the rule flags")
         elif progress:
             progress("draft: review triage off (--risk-model none): needs_review from the rule flags")
@@ -865,24 +917,34 @@ def _load_triage(params: Any, path: Path | None, args: argparse.Namespace, progr
 
 def _draft_all(args: argparse.Namespace, params: Any, inputs: Iterable[DraftInput], out_fh: IO[str], *,
                batch_size: int, skipped: Counter, scope: StudyScope, out_of_scope: str,
-               progress: Callable[[str], None] | None, limits: InputLimits, risk_model: Path | None = None
-               ) -> DraftSummary:
+               progress: Callable[[str], None] | None, limits: InputLimits, risk_model: Path | None = None,
+               select: str = "draft") -> DraftSummary:
     """Load the model, draft ``inputs`` into ``out_fh`` and say what happened on ``progress``."""
     gen_cfg = params.gen.model_copy(update={"batch_size": batch_size,
                                             **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})})
     if progress:
         progress(f"draft: loading {params.model.name} (adapter: {args.adapter or 'run default'})")
     model, tokenizer, model_info = load_drafting_model(params, args.adapter)
-    context = None
+    context, selector = None, None
     if args.adapter is None or args.adapter.lower() != "none":
         from radimpress_lib.llm import retrieval  # datasets/scikit-learn: only for a fine-tuned model's prompt context
 
-        context = retrieval.prompt_context_for_run(params)  # the SFT prompt layout (retrieval, graph text)
+        pool = None
+        if select == "mbr":
+            from radimpress_lib.llm.selection import NeighbourMBR  # rouge_score: only when selecting
+
+            pool = retrieval.run_pool(params)
+            selector = NeighbourMBR.from_config(params.eval, pool)
+        context = retrieval.prompt_context_for_run(params, pool)  # the SFT prompt layout (retrieval, graph text)
         if context is not None and progress:
             progress(f"draft: prompt context: {context.description}")
-    triage = _load_triage(params, risk_model, args, progress)
+    if progress:
+        progress(f"draft: impression: {selector.describe() + ' (--select mbr)' if selector else 'the model draft'}")
+    triage = _load_triage(params, risk_model, args, progress, select)
     drafter = model_drafter(model, tokenizer, gen_cfg, model_name=params.model.name, model_config=model_info,
                             context=context, guard_candidates=args.guard, token_stats=triage is not None)
+    if selector is not None:
+        drafter = mbr_drafter(drafter, selector)
     checkers = default_checkers(include_omissions=args.flag_omissions)
     if progress:
         progress(f"draft: checkers {[n for n, _ in checkers]}; batch size {batch_size}; limits {limits}; "
@@ -907,6 +969,7 @@ def _draft_all(args: argparse.Namespace, params: Any, inputs: Iterable[DraftInpu
                  + f") in {summary.wall_time_s:.1f}s, {summary.reports_per_s:.2f} reports/s"
                  + (f"; guard rewrote {summary.n_guard_rewritten}, unresolved {summary.n_guard_unresolved}"
                     if args.guard else "")
+                 + (f"; selected {dict(summary.selected)}" if summary.selected else "")
                  + (f"; skipped/notes: {dict(skipped)}" if skipped else ""))
     return summary
 

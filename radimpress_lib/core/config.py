@@ -290,6 +290,10 @@ class DraftStageConfig(_Stage):
     review_budget: float | None = Field(
         None, gt=0, le=1, description="share of drafts to flag for review (threshold from the risk model's validate "
         "risks); None: the risk model's operating threshold chosen in notebook 05; --review-budget")
+    select: Literal["mbr", "draft"] = Field(
+        "mbr", description="the fine-tuned model's impression: 'mbr' selects among its draft and the impressions of "
+        "the eval.mbr_k most similar train+validate reports as notebook 05's sft_mbr (eval.mbr_*; review threshold "
+        "from triage/risk_model_sft_mbr.json); 'draft': the greedy draft; --select")
 
 
 class PatientStageConfig(_Stage):
@@ -329,6 +333,13 @@ class DiseaseStageConfig(_Stage):
         "general", description="disease adapter trained on top of the general SFT model (merged) or the base model"
     )
     max_steps: int = Field(60, gt=0, description="optimizer steps of the disease adapter (the other sft settings are shared)")
+    mention_c_grid: list[float] = Field(
+        default_factory=lambda: [1.0, 3.0, 10.0, 30.0], min_length=1,
+        description="L2 strengths C of the slice mention model (does the impression of these findings name a finding "
+        "of the area?) tried on the validate slice; the disease system uses the chosen one")
+    mention_threshold: float = Field(
+        0.5, gt=0, lt=1, description="mention-model probability from which the disease system prepends the findings "
+        "sentences naming a finding of the area that its MBR choice leaves out")
 
     @model_validator(mode="after")
     def _check(self) -> "DiseaseStageConfig":

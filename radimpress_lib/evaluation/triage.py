@@ -74,6 +74,7 @@ __all__ = [
     "error_labels",
     "feature_table",
     "fit_risk_model",
+    "recalibrated",
     "recall_curve",
     "rule_flags",
     "triage_metrics",
@@ -557,6 +558,39 @@ def fit_risk_model(x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *
                    "labeler": "radimpress rule labeler (not CheXbert)"}
     return model, FitReport(c=best, cv_auc=cv_auc, groups=chosen, selection=steps, oof_scores=oof[best], operating_point=model.operating_point,
                             n=int(len(y)), n_errors=int(y.sum()), n_missed_abnormal=int(m.sum()))
+
+
+def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *,
+                 system: str) -> RiskModel:
+    """``model``'s weights with the threshold for another system's drafts (``x``: its validate drafts' signals).
+
+    A system whose drafts carry fewer flagged problems (a selection over candidates, say) gets lower
+    risks from the same weights, so the fitted threshold would flag fewer of its drafts than the
+    budget. The copy keeps the coefficients and takes its validate risk quantiles, and so its
+    threshold (the same share of drafts, ``model.operating_point["flag_rate"]``) and its budgets,
+    from these drafts; its curve is their recall (``y``: error labels) per flag rate. Validate only:
+    the labels come from validate references, never test.
+    """
+    y, m = np.asarray(y, dtype=bool), np.asarray(missed, dtype=bool)
+    risk = model.predict(x)
+    out = RiskModel(features=list(model.features), mean=list(model.mean), scale=list(model.scale),
+                    coef=list(model.coef), intercept=model.intercept,
+                    quantiles=[float(q) for q in np.quantile(risk, np.linspace(0.0, 1.0, 201))],
+                    meta=dict(model.meta) | {"recalibrated_on": f"validate drafts of {system}", "n_validate": len(y),
+                                             "n_errors": int(y.sum()), "n_missed_abnormal": int(m.sum())})
+    rate = float(model.operating_point.get("flag_rate") or 0.3)
+    out.threshold = out.threshold_for_budget(rate)
+    flagged = risk >= out.threshold
+    out.operating_point = dict(model.operating_point) | {
+        "threshold": out.threshold, "flag_rate": float(flagged.mean()),
+        "recall": float(flagged[y].mean()) if y.any() else None,
+        "missed_recall": float(flagged[m].mean()) if m.any() else None, "cross_validated": False}
+    rates = np.linspace(0.0, 1.0, 101)
+    out.curve = {"flag_rate": [float(r) for r in rates],
+                 "recall": [float(v) for v in _recall_at_rate(risk, y, rates)],
+                 "missed_recall": [float(v) for v in (_recall_at_rate(risk, m, rates) if m.any() else np.ones_like(rates))],
+                 "threshold": [float(out.threshold_for_budget(r)) if r > 0 else float(out.quantiles[-1]) for r in rates]}
+    return out
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -226,12 +226,21 @@ def _check_pool(pool) -> None:
         raise ValueError("the retrieval pool holds test-split reports; use train (+validate) only")
 
 
-def prompt_context_for_run(params: Params):
+def run_pool(params: Params) -> list[dict[str, Any]]:
+    """The run's train + validate reports (from its data folder): what a new report's neighbours come from."""
+    dsd, _info = load_data(params)
+    pool = list(dsd["train"]) + list(dsd["validate"])
+    _check_pool(pool)
+    return pool
+
+
+def prompt_context_for_run(params: Params, pool: Sequence[Mapping[str, Any]] | None = None):
     """The run's prompt context for new reports (records -> records), or None when it adds nothing.
 
     Used where the SFT model drafts reports outside the notebooks (``radimpress draft``): it needs
     the same prompt context as in training (:func:`with_prompt_context`), so with
-    ``sft.retrieval_k > 0`` the run's data folder must be available (train + validate pool).
+    ``sft.retrieval_k > 0`` the run's data folder must be available (train + validate pool,
+    :func:`run_pool`; or ``pool``, that pool loaded already).
     The returned callable has ``description`` (one line for logs).
     """
     k = params.sft.retrieval_k
@@ -240,11 +249,7 @@ def prompt_context_for_run(params: Params):
         return None
     retrieval = None
     if k:
-
-        dsd, _info = load_data(params)
-        pool = list(dsd["train"]) + list(dsd["validate"])
-        _check_pool(pool)
-        retrieval = RetrievalContext(pool, k)
+        retrieval = RetrievalContext(run_pool(params) if pool is None else pool, k)
 
     def context(records):
         rows = retrieval(records) if retrieval is not None else [dict(r) for r in records]

@@ -31,6 +31,7 @@ from typing import Any
 from rouge_score import rouge_scorer
 
 from radimpress_lib.clinical import checks, graph
+from radimpress_lib.llm.retrieval import RetrievalContext
 
 
 @dataclass(frozen=True)
@@ -128,3 +129,34 @@ class MBRSelector:
         if not len(records) == len(drafts) == len(retrieved):
             raise ValueError(f"{len(records)} records, {len(drafts)} drafts, {len(retrieved)} neighbour lists")
         return [self.select(r, d, n) for r, d, n in zip(records, drafts, retrieved)]
+
+
+class NeighbourMBR:
+    """MBR over each report's draft and the impressions of its ``k`` nearest ``pool`` reports (TF-IDF on the
+    findings, :class:`radimpress_lib.llm.retrieval.RetrievalContext`; index built once).
+
+    What notebook 05's ``sft_mbr`` and ``radimpress draft --select mbr`` do; :meth:`from_config` takes the
+    settings from ``eval.mbr_*``. ``same_findings``: a neighbour with the report's own findings is allowed
+    (the published protocol's rule).
+    """
+
+    def __init__(self, pool: Sequence[Mapping[str, Any]] | Any, k: int = 5, *, factual: bool = True,
+                 flag_penalty: float = 0.0, coverage: bool = False, same_findings: bool = False) -> None:
+        self.selector = MBRSelector(k, factual=factual, flag_penalty=flag_penalty, coverage=coverage)
+        self.neighbours = RetrievalContext(pool, k, same_findings=same_findings)
+
+    @classmethod
+    def from_config(cls, eval_cfg: Any, pool: Sequence[Mapping[str, Any]] | Any, *,
+                    same_findings: bool = False) -> NeighbourMBR:
+        """The selection of ``eval_cfg`` (``mbr_k``, ``mbr_factual``, ``mbr_flag_penalty``, ``mbr_coverage``)."""
+        return cls(pool, eval_cfg.mbr_k, factual=eval_cfg.mbr_factual, flag_penalty=eval_cfg.mbr_flag_penalty,
+                   coverage=eval_cfg.mbr_coverage, same_findings=same_findings)
+
+    def describe(self) -> str:
+        s = self.selector
+        return (f"MBR over the draft and {s.k} similar impressions from {self.neighbours.n_pool} reports "
+                f"(flag penalty {s.flag_penalty:g}{', coverage candidate' if s.coverage else ''})")
+
+    def __call__(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str]) -> list[Selection]:
+        near = self.neighbours(records)
+        return self.selector.select_many(records, drafts, [r["similar_impressions"] for r in near])

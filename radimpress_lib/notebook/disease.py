@@ -19,18 +19,28 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from radimpress_lib.clinical import graph
 from radimpress_lib.core import schema
 from radimpress_lib.core.artifacts import disease_dir
 from radimpress_lib.core.config import DiseaseStageConfig, Params
-from radimpress_lib.llm import checkpoints
+from radimpress_lib.evaluation import scoring
+from radimpress_lib.evaluation.metrics import bootstrap_indices, rouge_scores
+from radimpress_lib.llm import checkpoints, generation, selection
 from radimpress_lib.train import sft
 
-__all__ = ["DiseaseMatcher", "SliceStats", "disease_dir", "load_disease_model", "select_slice", "slice_table",
-           "train_disease_adapter"]
+__all__ = ["DiseaseMatcher", "SelectionChoice", "SliceMentionModel", "SliceSelector", "SliceStats", "SystemComparison",
+           "choose_selection", "compare_disease_system", "decode_slice", "disease_dir", "load_disease_model",
+           "select_slice", "selected_systems", "slice_recall", "slice_sentences", "slice_table", "train_disease_adapter"]
 
 
 class DiseaseMatcher:
@@ -56,6 +66,10 @@ class DiseaseMatcher:
 
     def __call__(self, record: Mapping[str, Any]) -> bool:
         return bool(self.keyword_hits(record) or self.mesh_hits(record))
+
+    def names(self, text: str) -> bool:
+        """Whether ``text`` names a finding of the area (a keyword)."""
+        return bool(self._pattern is not None and self._pattern.search(text or ""))
 
 
 @dataclass
@@ -98,8 +112,6 @@ def select_slice(records: Iterable[Mapping[str, Any]], cfg: DiseaseStageConfig) 
 
 def slice_table(splits: Mapping[str, Iterable[Mapping[str, Any]]], cfg: DiseaseStageConfig):
     """``(slices, table)``: the slice of every split and a DataFrame of their sizes."""
-    import pandas as pd
-
     slices, rows = {}, []
     for name, records in splits.items():
         chosen, stats = select_slice(records, cfg)
@@ -153,3 +165,229 @@ def load_disease_model(params: Params, *, padding_side: str = "left"):
     model, tokenizer, info = _base_for_disease(params, padding_side)
     model = checkpoints.apply_adapter(model, folder, merge=True)
     return model, tokenizer, info | {"disease_adapter": str(folder.relative_to(params.output_dir))}
+
+
+# --------------------------------------------------------------------------- the disease system's selection
+
+
+class SliceMentionModel:
+    """How likely the impression of a slice report names a finding of the area, from its findings.
+
+    A TF-IDF (words, 1-2 grams) logistic regression (class-balanced, L2 strength ``c``) fitted on the
+    *train* slice: label = the reference impression names a keyword of the area
+    (:meth:`DiseaseMatcher.names`). Radiologists carry a nodule or mass into the impression and
+    leave most calcified granulomas out; this learns which.
+    """
+
+    def __init__(self, matcher: DiseaseMatcher, c: float = 10.0) -> None:
+        self.matcher, self.c = matcher, c
+        self.pipeline: Any = None
+        self.n_train = self.n_positive = 0
+
+    def fit(self, records: Sequence[Mapping[str, Any]]) -> SliceMentionModel:
+        y = [self.matcher.names(str(r.get("impression") or "")) for r in records]
+        if len(set(y)) < 2:
+            raise ValueError(f"the train slice needs impressions that name a finding of the area and ones that do "
+                             f"not ({sum(y)} of {len(y)} do)")
+        self.pipeline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                                      LogisticRegression(C=self.c, class_weight="balanced", max_iter=5000))
+        self.pipeline.fit([str(r.get("findings") or "") for r in records], y)
+        self.n_train, self.n_positive = len(y), int(sum(y))
+        return self
+
+    def predict(self, findings: Sequence[str]) -> np.ndarray:
+        if self.pipeline is None:
+            raise ValueError("fit the mention model first")
+        return self.pipeline.predict_proba([str(f or "") for f in findings])[:, 1]
+
+
+def slice_sentences(matcher: DiseaseMatcher, findings: str, draft: str) -> list[str]:
+    """The findings sentences that name a finding of the area, when ``draft`` names none (else none)."""
+    if matcher.names(draft):
+        return []
+    return [s.strip() for s in graph.extract_graph_cached(findings or "").sentences if matcher.names(s)]
+
+
+class SliceSelector:
+    """The disease system's impression: notebook 05's MBR selection (``mbr``,
+    :class:`radimpress_lib.llm.selection.NeighbourMBR`; None keeps the draft), then, when the chosen text
+    names no finding of the area but the :class:`SliceMentionModel` gives at least ``threshold`` that the
+    impression of such findings names one, the findings sentences that name it, first. Findings only,
+    never a reference."""
+
+    def __init__(self, matcher: DiseaseMatcher, mention: SliceMentionModel | None, mbr: Any = None, *,
+                 threshold: float = 0.5) -> None:
+        self.matcher, self.mention, self.mbr, self.threshold = matcher, mention, mbr, threshold
+
+    def __call__(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str]) -> list[str]:
+        texts = [c.text for c in self.mbr(records, drafts)] if self.mbr is not None else list(drafts)
+        if self.mention is None:
+            return texts
+        p = self.mention.predict([r.get("findings") or "" for r in records])
+        return [selection.with_sentences_first(t, slice_sentences(self.matcher, r.get("findings") or "", t)
+                                               if pi >= self.threshold else [])
+                for r, t, pi in zip(records, texts, p)]
+
+
+def slice_recall(matcher: DiseaseMatcher, references: Sequence[str], systems: Mapping[str, Sequence[str]], *,
+                 against: str | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per system: recall of the area's findings (share of reports whose reference impression names one where
+    the draft names one too) and the over-call rate (the draft names one, the reference does not), with
+    bootstrap 95% CIs; with ``against``, each system's recall minus that system's (paired, same resamples)."""
+    ref = np.array([matcher.names(r) for r in references], dtype=bool)
+    idx = bootstrap_indices(len(ref), n_boot, seed)
+    named = {k: np.array([matcher.names(d) for d in v], dtype=bool) for k, v in systems.items()}
+
+    def rates(hit: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = (hit[idx] & mask[idx]).sum(axis=1) / mask[idx].sum(axis=1)
+        return (100.0 * hit[mask].mean() if mask.any() else float("nan")), 100.0 * boot
+
+    rows = []
+    base = rates(named[against], ref) if against is not None else None
+    for name, hit in named.items():
+        rec, rboot = rates(hit, ref)
+        over, oboot = rates(hit, ~ref)
+        row = {"system": name, "n_reference_names": int(ref.sum()), "recall": rec,
+               "recall_ci": _ci(rboot), "over_call_rate": over, "over_call_ci": _ci(oboot), "n_over_call_base": int((~ref).sum())}
+        if base is not None and name != against:
+            diffs = rboot - base[1]
+            diffs = diffs[~np.isnan(diffs)]
+            d = rec - base[0]
+            row |= {f"recall_vs_{against}": d, f"recall_vs_{against}_ci": _ci(diffs),
+                    f"recall_vs_{against}_p": float((1 + np.sum(np.abs(diffs - d) >= abs(d))) / (diffs.size + 1))
+                    if diffs.size and d == d else None}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("system")
+
+
+def _ci(values: np.ndarray) -> list[float | None]:
+    v = values[~np.isnan(values)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [None, None]
+
+
+@dataclass
+class SelectionChoice:
+    """The mention model's strength chosen on the validate slice, with the table it was chosen from."""
+
+    c: float | None
+    table: pd.DataFrame
+    rule: str
+    mention: SliceMentionModel | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mention_c": self.c, "rule": self.rule, "validate": self.table.reset_index().to_dict(orient="records")}
+
+
+def choose_selection(params: Params, train_slice: Sequence[Mapping[str, Any]], validate_drafts: Mapping[str, Sequence[str]],
+                     validate_slice: Sequence[Mapping[str, Any]], pool: Sequence[Mapping[str, Any]]) -> SelectionChoice:
+    """Choose ``disease.mention_c`` on the validate slice: for each strength of ``disease.mention_c_grid``, the
+    disease system (:class:`SliceSelector` on ``validate_drafts["disease_sft"]``, MBR neighbours from ``pool``:
+    train only) against the general system (``general_sft`` with the same MBR). Rule, fixed beforehand: the highest
+    recall of the area's findings whose ROUGE-L is not below the general system's; none: the highest ROUGE-L."""
+    cfg = params.disease
+    matcher = DiseaseMatcher(cfg)
+    named = sum(matcher.names(str(r.get("impression") or "")) for r in train_slice)
+    if not validate_slice or not 0 < named < len(train_slice):
+        return SelectionChoice(c=None, table=pd.DataFrame(), rule=(
+            "no validate slice" if not validate_slice else f"{named} of {len(train_slice)} train-slice impressions name "
+            "a finding of the area: no mention model; the disease system is the MBR selection alone"))
+    mbr = selection.NeighbourMBR.from_config(params.eval, pool) if params.eval.mbr_k else None
+    refs = [r["impression"] for r in validate_slice]
+    general = ([c.text for c in mbr(validate_slice, validate_drafts["general_sft"])] if mbr is not None
+               else list(validate_drafts["general_sft"]))
+    systems: dict[str, list[str]] = {"general_sft": list(validate_drafts["general_sft"]), "general_system": general}
+    models = {}
+    for c in cfg.mention_c_grid:
+        models[c] = SliceMentionModel(matcher, c).fit(train_slice)
+        systems[f"disease_system_c{c:g}"] = SliceSelector(matcher, models[c], mbr, threshold=cfg.mention_threshold)(
+            validate_slice, validate_drafts["disease_sft"])
+    rouge = {k: float(np.mean(rouge_scores(v, refs)["rougeL"])) for k, v in systems.items()}
+    table = slice_recall(matcher, refs, systems, n_boot=200, seed=params.run.seed)[["recall", "over_call_rate"]]
+    table.insert(0, "rougeL", pd.Series(rouge))
+    grid = {c: table.loc[f"disease_system_c{c:g}"] for c in cfg.mention_c_grid}
+    ok = [c for c, row in grid.items() if row["rougeL"] >= table.loc["general_system", "rougeL"]]
+    if ok:
+        best = max(ok, key=lambda c: (grid[c]["recall"], grid[c]["rougeL"]))
+        rule = "highest recall of the area's findings with ROUGE-L not below the general system's"
+    else:
+        best = max(grid, key=lambda c: grid[c]["rougeL"])
+        rule = "no strength kept the general system's ROUGE-L: the highest ROUGE-L"
+    return SelectionChoice(c=best, table=table.round(2), rule=rule, mention=models[best])
+
+
+def decode_slice(params: Params, records: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Greedy drafts of ``records`` (with their prompt context) by the general SFT model and the disease model."""
+    out = {}
+    for name, load in (("general_sft", checkpoints.load_finetuned), ("disease_sft", load_disease_model)):
+        model, tokenizer, _info = load(params)
+        out[name] = [p["prediction"] for p in generation.generate_impressions(
+            model, tokenizer, list(records), params.gen, model_name=params.model.name, log=lambda _s: None).predictions]
+        del model
+    return out
+
+
+def selected_systems(params: Params, choice: SelectionChoice, records: Sequence[Mapping[str, Any]],
+                     drafts: Mapping[str, Sequence[str]], pool: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``general_sft_mbr`` (notebook 05's selection on the general drafts), ``disease_sft_mbr`` (the same on the disease
+    drafts) and ``disease_system`` (:class:`SliceSelector` with the chosen mention model) for ``records``."""
+    if not params.eval.mbr_k:
+        return {"disease_system": SliceSelector(DiseaseMatcher(params.disease), choice.mention, None,
+                                                threshold=params.disease.mention_threshold)(records, drafts["disease_sft"])}
+    mbr = selection.NeighbourMBR.from_config(params.eval, pool)
+    return {"general_sft_mbr": [c.text for c in mbr(records, drafts["general_sft"])],
+            "disease_sft_mbr": [c.text for c in mbr(records, drafts["disease_sft"])],
+            "disease_system": SliceSelector(DiseaseMatcher(params.disease), choice.mention, mbr,
+                                            threshold=params.disease.mention_threshold)(records, drafts["disease_sft"])}
+
+
+@dataclass
+class SystemComparison:
+    """The disease system against the general one on the test slice: paired ROUGE-L (and the other metrics of
+    :func:`radimpress_lib.evaluation.scoring.comparisons`) and the recall of the area's findings."""
+
+    general: str
+    comparison: pd.DataFrame
+    recall: pd.DataFrame
+
+    def verdict(self) -> str:
+        """The target in one Markdown line: ``disease_system`` not worse on ROUGE-L, higher recall."""
+        row = self.comparison.query(f"metric == 'rougeL' and vs == '{self.general}'")
+        if row.empty or "disease_system" not in self.recall.index:
+            return "No disease system to compare."
+        r, g = row.iloc[0], self.general
+        # comparisons() reports system (disease_system) - vs
+        d, lo, hi, p = -r["delta"], -r["ci_high"], -r["ci_low"], r["p_value"]
+        rec, base = self.recall.loc["disease_system"], self.recall.loc[g]
+        dr, (rlo, rhi) = rec[f"recall_vs_{g}"], rec[f"recall_vs_{g}_ci"]
+        if not self.recall["n_reference_names"].iloc[0]:
+            return (f"**Disease system vs `{g}`**: no reference impression of the test slice names a finding of the "
+                    f"area, so recall is undefined; ROUGE-L {d:+.2f} [{lo:+.2f}, {hi:+.2f}].")
+        return (f"**Disease system vs `{g}`** on the test slice: ROUGE-L {d:+.2f} [{lo:+.2f}, {hi:+.2f}] (p = {p:.3f}); "
+                f"recall of the area's findings {rec['recall']:.1f}% vs {base['recall']:.1f}% ({dr:+.1f} "
+                f"[{_num(rlo, '+.1f')}, {_num(rhi, '+.1f')}], p = {_num(rec[f'recall_vs_{g}_p'], '.3f')}; "
+                f"n = {int(rec['n_reference_names'])} "
+                f"reference impressions name one), over-call {rec['over_call_rate']:.1f}% vs "
+                f"{base['over_call_rate']:.1f}%. "
+                + ("Not worse on ROUGE-L" if d >= 0 or hi > 0 else "Worse on ROUGE-L")
+                + (" and higher recall." if dr > 0 else "; recall not higher."))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"general": self.general, "comparison": self.comparison.to_dict(orient="records"),
+                "recall": self.recall.reset_index().to_dict(orient="records")}
+
+
+def _num(value: Any, spec: str) -> str:
+    return "–" if value is None or value != value else format(value, spec)
+
+
+def compare_disease_system(params: Params, test_slice: Sequence[Mapping[str, Any]], systems: Mapping[str, Sequence[str]],
+                           per: Mapping[str, Any]) -> SystemComparison:
+    """``disease_system`` against the general system (``general_sft_mbr``, or ``general_sft`` without MBR)."""
+    general = "general_sft_mbr" if "general_sft_mbr" in systems else "general_sft"
+    boot = {"n_boot": params.eval.n_boot, "seed": params.run.seed}
+    recall = slice_recall(DiseaseMatcher(params.disease), [r["impression"] for r in test_slice], systems,
+                          against=general, **boot)
+    comparison = scoring.comparisons({k: per[k] for k in ("disease_system", general, "general_sft") if k in per},
+                                     "disease_system", **boot)
+    return SystemComparison(general=general, comparison=comparison, recall=recall)

@@ -208,11 +208,7 @@ def mbr_select(cfg: Params, records: Sequence[Mapping[str, Any]], drafts: Sequen
                 pool: Sequence[Mapping[str, Any]], *, same_findings: bool = False) -> list[Any]:
     """MBR choice per report among its draft and the ``eval.mbr_k`` nearest ``pool`` impressions
     (``same_findings``: a neighbour with the report's own findings is allowed, the published protocol's rule)."""
-    k = cfg.eval.mbr_k
-    neighbours = retrieval.with_similar_impressions(records, pool, k, same_findings=same_findings)
-    return selection.MBRSelector(k, factual=cfg.eval.mbr_factual, flag_penalty=cfg.eval.mbr_flag_penalty,
-                                 coverage=cfg.eval.mbr_coverage).select_many(
-        records, drafts, [r["similar_impressions"] for r in neighbours])
+    return selection.NeighbourMBR.from_config(cfg.eval, pool, same_findings=same_findings)(records, drafts)
 
 
 def mbr_note(run: TestRun) -> str:
@@ -329,6 +325,8 @@ class TriageRun:
     fitted_on: str = "sft"
     cost_s: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    #: per system with validate drafts, the risk model thresholded on them (:func:`triage.recalibrated`)
+    models: dict[str, triage.RiskModel] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """Recall, precision, flag rate (95% CIs), missed-abnormal recall and AUC per system at the threshold."""
@@ -360,8 +358,17 @@ class TriageRun:
                 f"abnormal finding ({met}; targets {100 * op['target_recall']:.0f}% / "
                 f"{100 * op['target_missed_recall']:.0f}% at <= {100 * op['max_flag_rate']:.0f}% flagged). One model "
                 f"(logistic regression on the signal groups {', '.join(meta.get('groups') or [])} chosen by forward "
-                f"selection, C = {meta['c']}, cross-validated AUC {meta['cv_auc']:.3f}) is applied to every system. "
-                "Labels: our rule labeler on draft vs reference, not CheXbert.")
+                f"selection, C = {meta['c']}, cross-validated AUC {meta['cv_auc']:.3f}) is applied to every system"
+                + self._recalibration_note() + ". Labels: our rule labeler on draft vs reference, not CheXbert.")
+
+    def _recalibration_note(self) -> str:
+        others = {k: m for k, m in self.models.items() if k != self.fitted_on}
+        if not others:
+            return ""
+        return ("; " + ", ".join(
+            f"`{k}` gets the threshold that flags the same share of its own validate drafts ({m.threshold:.3f}; there "
+            f"recall {100 * m.operating_point['recall']:.0f}%, not cross-validated)" for k, m in others.items())
+                + f", the others `{self.fitted_on}`'s")
 
     def best_line(self, scores: Mapping[str, Mapping[str, Any]]) -> str:
         """One line on the best model system by ROUGE-L (for the take-away)."""
@@ -378,6 +385,10 @@ class TriageRun:
 
 def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = print) -> TriageRun:
     """Fit the review-risk model on the SFT model's validate drafts, save it, score every model system on test.
+
+    ``sft_mbr`` (a selection whose drafts carry fewer flagged problems) keeps the weights but gets its own
+    threshold, the one that flags the same share of its validate drafts (:func:`triage.recalibrated`;
+    saved as ``triage/risk_model_sft_mbr.json``); other systems use the SFT model's threshold.
 
     Signals (:func:`radimpress_lib.evaluation.triage.feature_table`) use drafting-time inputs only: the
     findings, the prompt's retrieval context, the reference prior (fitted on train), the drafts' token
@@ -414,7 +425,18 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
     abl = triage.ablation(xv, labels["significant"], labels["missed_abnormal"],
                           flag_rate=model.operating_point["flag_rate"], n_folds=e.triage_folds, seed=cfg.run.seed)
     cost["fit_and_ablation"] = time.perf_counter() - t1
-    out = TriageRun(model=model, fit=fit, ablation=abl, fitted_on="sft", cost_s=cost)
+    out = TriageRun(model=model, fit=fit, ablation=abl, fitted_on="sft", cost_s=cost, models={"sft": model})
+    if "sft_mbr" in run.systems:
+        # sft_mbr's drafts carry fewer flagged problems, so the same weights give them lower risks: its threshold
+        # flags the same share of ITS validate drafts (MBR over the validate drafts and their train neighbours)
+        t3 = time.perf_counter()
+        mbr_val = [c.text for c in mbr_select(cfg, run.validate_in_context, val_drafts, run.train)]
+        mbr_labels = triage.error_labels([r["impression"] for r in run.validate_in_context], mbr_val)
+        out.models["sft_mbr"] = triage.recalibrated(
+            model, triage.feature_table(run.validate_in_context, mbr_val, prior=prior), mbr_labels["significant"],
+            mbr_labels["missed_abnormal"], system="sft_mbr")
+        out.models["sft_mbr"].save(out_dir / triage.RISK_MODEL_FILE.with_name("risk_model_sft_mbr.json"))
+        cost["sft_mbr_validate"] = time.perf_counter() - t3
     refs = [r["impression"] for r in run.test]
     t2 = time.perf_counter()
     for name, drafts in run.systems.items():
@@ -427,8 +449,10 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         # as in radimpress draft: an empty or truncated draft needs review whatever its risk
         risk = np.where(triage.hard_flags(drafts, rows), 1.0, model.predict(x))
         lab = triage.error_labels(refs, drafts)
-        res = triage.triage_metrics(risk, lab["significant"], lab["missed_abnormal"], model.threshold,
+        own = out.models.get(name, model)
+        res = triage.triage_metrics(risk, lab["significant"], lab["missed_abnormal"], own.threshold,
                                     n_boot=e.n_boot, seed=cfg.run.seed)
+        res["threshold_from"] = f"validate drafts of {name if name in out.models else 'sft'}"
         rules = triage.rule_flags(run.test, drafts, rows)
         for kind in ("default", "omissions"):
             r = triage.triage_metrics(rules[kind].to_numpy(dtype=float), lab["significant"], lab["missed_abnormal"],
@@ -442,7 +466,7 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
                                                          curve["recall"]))
         res["n_missed"] = int(sum(bool(v) for v in lab["missed"]))
         res["curve"] = {c: [round(float(v), 2) for v in curve[c]] for c in curve.columns}
-        res["risk_model"] = "sft validate drafts" + ("" if name.startswith("sft") else " (applied to this system)")
+        res["risk_model"] = "sft validate drafts" + ("" if name == "sft" else " (applied to this system)")
         out.results[name] = res
         log(f"triage {name}: recall {res['recall']:.1f}% at flag rate {res['flag_rate']:.1f}% "
             f"(CLI rules {res['rules_default']['recall']:.1f}% at {res['rules_default']['flag_rate']:.1f}%)")
@@ -455,6 +479,10 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
                        "c": fit.c, "cv_auc": fit.cv_auc, "n_validate": fit.n, "n_errors_validate": fit.n_errors,
                        "n_missed_abnormal_validate": fit.n_missed_abnormal,
                        "coefficients": dict(zip(model.features, model.coef))},
+        "thresholds": {name: {"threshold": m.threshold, "validate": m.operating_point,
+                              "path": (triage.RISK_MODEL_FILE if name == "sft" else
+                                       triage.RISK_MODEL_FILE.with_name(f"risk_model_{name}.json")).as_posix()}
+                       for name, m in out.models.items()},
         "ablation": abl.to_dict(orient="records"),
         "cost_s": out.cost_s,
         "labeler": "radimpress rule labeler (radimpress_lib/clinical/labeler.py), not CheXbert",
