@@ -93,6 +93,8 @@ from radimpress_lib.clinical.labeler import ABSENT, OBSERVATIONS, POSITIVE, UNCE
 __all__ = [
     "EMBEDDING_PACKAGE",
     "PerExample",
+    "paired_delta",
+    "percentile_ci",
     "compute_per_example",
     "summarize",
     "evaluate_system",
@@ -694,7 +696,8 @@ def _json_float(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def _percentile_ci(samples: np.ndarray, ci: float) -> list[float | None]:
+def percentile_ci(samples: np.ndarray, ci: float = 0.95) -> list[float | None]:
+    """Percentile interval of bootstrap ``samples`` (NaN dropped; ``[None, None]`` when none are left)."""
     s = samples[~np.isnan(samples)]
     if s.size == 0:
         return [None, None]
@@ -728,7 +731,7 @@ def summarize(
     out: dict[str, Any] = {}
     for k, v in point.items():
         out[k] = _json_float(v[0])
-        out[f"{k}_ci"] = _percentile_ci(boot[k], ci)
+        out[f"{k}_ci"] = percentile_ci(boot[k], ci)
     out.update(
         n=per.n,
         n_boot=n_boot,
@@ -816,6 +819,15 @@ def _as_per_example(x: PerExample | Mapping[str, Any]) -> PerExample:
     raise TypeError(f"expected PerExample or its JSON dict, got {type(x).__name__}")
 
 
+def paired_delta(delta: float, diffs: np.ndarray, ci: float = 0.95) -> tuple[list[float | None], float | None]:
+    """Percentile interval and two-sided p-value (delta = 0) of a paired-bootstrap difference ``delta`` from its
+    resampled differences ``diffs`` (NaN dropped; p None when ``delta`` is NaN or no resample is left)."""
+    diffs = diffs[~np.isnan(diffs)]
+    if math.isnan(delta) or diffs.size == 0:
+        return percentile_ci(diffs, ci), None
+    return percentile_ci(diffs, ci), float((1 + np.sum(np.abs(diffs - delta) >= abs(delta))) / (diffs.size + 1))
+
+
 def compare_systems(
     a_per_example: PerExample | Mapping[str, Any],
     b_per_example: PerExample | Mapping[str, Any],
@@ -852,17 +864,12 @@ def compare_systems(
     out: dict[str, dict[str, Any]] = {}
     for k in names:
         d = float(pa[k][0] - pb[k][0])
-        diffs = ba[k] - bb[k]
-        diffs = diffs[~np.isnan(diffs)]
-        if math.isnan(d) or diffs.size == 0:
-            p = None
-        else:
-            p = float((1 + np.sum(np.abs(diffs - d) >= abs(d))) / (diffs.size + 1))
+        delta_ci, p = paired_delta(d, ba[k] - bb[k], ci)
         out[k] = {
             "a": _json_float(pa[k][0]),
             "b": _json_float(pb[k][0]),
             "delta": _json_float(d),
-            "delta_ci": _percentile_ci(diffs, ci) if diffs.size else [None, None],
+            "delta_ci": delta_ci,
             "p_value": p,
         }
     return out
@@ -912,5 +919,5 @@ def per_finding_f1(
             }
         )
         for name, samples in intervals.items():
-            rows[-1][f"{name}_ci"] = _percentile_ci(samples[:, j], ci) if rows[-1][name] is not None else [None, None]
+            rows[-1][f"{name}_ci"] = percentile_ci(samples[:, j], ci) if rows[-1][name] is not None else [None, None]
     return rows

@@ -76,6 +76,7 @@ __all__ = [
     "fit_risk_model",
     "recalibrated",
     "recall_curve",
+    "risk_model_file",
     "rule_flags",
     "triage_metrics",
 ]
@@ -539,25 +540,37 @@ def fit_risk_model(x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *
                       scale=[float(scale.get(f, 1.0)) or 1.0 for f in names],
                       coef=[float(coef.get(f, 0.0)) for f in names], intercept=float(lr.intercept_[0]),
                       meta=dict(meta or {}))
-    fitted = model.predict(x)
-    model.quantiles = [float(q) for q in np.quantile(fitted, np.linspace(0.0, 1.0, 201))]
+    model.quantiles = _risk_quantiles(model.predict(x))
     op = choose_operating_point(oof[best], y, m, recall=recall, missed_recall=missed_recall,
                                 max_flag_rate=max_flag_rate)
     model.threshold = model.threshold_for_budget(op["flag_rate"])
     model.operating_point = op | {"threshold": model.threshold}
-    rates = np.linspace(0.0, 1.0, 101)
-    model.curve = {"flag_rate": [float(r) for r in rates],
-                   "recall": [float(v) for v in _recall_at_rate(oof[best], y, rates)],
-                   "missed_recall": [float(v) for v in (_recall_at_rate(oof[best], m, rates) if m.any()
-                                                        else np.ones_like(rates))],
-                   "threshold": [float(model.threshold_for_budget(r)) if r > 0 else float(model.quantiles[-1])
-                                 for r in rates]}
+    model.curve = _validate_curve(model, oof[best], y, m)
     model.meta |= {"c": best, "cv_auc": cv_auc[str(best)], "groups": chosen, "group_selection": steps,
                    "n_validate": int(len(y)), "n_errors": int(y.sum()),
                    "n_missed_abnormal": int(m.sum()), "fitted_on": "validate drafts",
                    "labeler": "radimpress rule labeler (not CheXbert)"}
     return model, FitReport(c=best, cv_auc=cv_auc, groups=chosen, selection=steps, oof_scores=oof[best], operating_point=model.operating_point,
                             n=int(len(y)), n_errors=int(y.sum()), n_missed_abnormal=int(m.sum()))
+
+
+def _risk_quantiles(risk: np.ndarray) -> list[float]:
+    """The validate risk quantiles a :class:`RiskModel` turns review budgets into thresholds with."""
+    return [float(q) for q in np.quantile(risk, np.linspace(0.0, 1.0, 201))]
+
+
+def _validate_curve(model: RiskModel, scores: np.ndarray, y: np.ndarray, m: np.ndarray) -> dict[str, list[float]]:
+    """Recall (and missed-abnormal recall) of ``scores`` per flag rate, with ``model``'s threshold for each rate."""
+    rates = np.linspace(0.0, 1.0, 101)
+    return {"flag_rate": [float(r) for r in rates],
+            "recall": [float(v) for v in _recall_at_rate(scores, y, rates)],
+            "missed_recall": [float(v) for v in (_recall_at_rate(scores, m, rates) if m.any() else np.ones_like(rates))],
+            "threshold": [float(model.threshold_for_budget(r)) if r > 0 else float(model.quantiles[-1]) for r in rates]}
+
+
+def risk_model_file(system: str = "sft") -> Path:
+    """Where notebook 05 saves the risk model thresholded for ``system`` (relative to the run folder)."""
+    return RISK_MODEL_FILE if system == "sft" else RISK_MODEL_FILE.with_name(f"risk_model_{system}.json")
 
 
 def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *,
@@ -574,8 +587,7 @@ def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: S
     y, m = np.asarray(y, dtype=bool), np.asarray(missed, dtype=bool)
     risk = model.predict(x)
     out = RiskModel(features=list(model.features), mean=list(model.mean), scale=list(model.scale),
-                    coef=list(model.coef), intercept=model.intercept,
-                    quantiles=[float(q) for q in np.quantile(risk, np.linspace(0.0, 1.0, 201))],
+                    coef=list(model.coef), intercept=model.intercept, quantiles=_risk_quantiles(risk),
                     meta=dict(model.meta) | {"recalibrated_on": f"validate drafts of {system}", "n_validate": len(y),
                                              "n_errors": int(y.sum()), "n_missed_abnormal": int(m.sum())})
     rate = float(model.operating_point.get("flag_rate") or 0.3)
@@ -585,11 +597,7 @@ def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: S
         "threshold": out.threshold, "flag_rate": float(flagged.mean()),
         "recall": float(flagged[y].mean()) if y.any() else None,
         "missed_recall": float(flagged[m].mean()) if m.any() else None, "cross_validated": False}
-    rates = np.linspace(0.0, 1.0, 101)
-    out.curve = {"flag_rate": [float(r) for r in rates],
-                 "recall": [float(v) for v in _recall_at_rate(risk, y, rates)],
-                 "missed_recall": [float(v) for v in (_recall_at_rate(risk, m, rates) if m.any() else np.ones_like(rates))],
-                 "threshold": [float(out.threshold_for_budget(r)) if r > 0 else float(out.quantiles[-1]) for r in rates]}
+    out.curve = _validate_curve(out, risk, y, m)
     return out
 
 

@@ -34,7 +34,7 @@ from radimpress_lib.core import schema
 from radimpress_lib.core.artifacts import disease_dir
 from radimpress_lib.core.config import DiseaseStageConfig, Params
 from radimpress_lib.evaluation import scoring
-from radimpress_lib.evaluation.metrics import bootstrap_indices, rouge_scores
+from radimpress_lib.evaluation.metrics import bootstrap_indices, paired_delta, percentile_ci, rouge_scores
 from radimpress_lib.llm import checkpoints, generation, selection
 from radimpress_lib.train import sft
 
@@ -220,9 +220,17 @@ class SliceSelector:
         self.matcher, self.mention, self.mbr, self.threshold = matcher, mention, mbr, threshold
 
     def __call__(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str]) -> list[str]:
-        texts = [c.text for c in self.mbr(records, drafts)] if self.mbr is not None else list(drafts)
+        return self.extend(records, self.choose(records, drafts))
+
+    def choose(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str]) -> list[str]:
+        """The MBR step alone (the drafts when there is no ``mbr``)."""
+        return [c.text for c in self.mbr(records, drafts)] if self.mbr is not None else list(drafts)
+
+    def extend(self, records: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> list[str]:
+        """The disease step alone: the findings sentences naming a finding of the area before ``texts`` the
+        mention model says should name one (``texts`` unchanged without a mention model)."""
         if self.mention is None:
-            return texts
+            return list(texts)
         p = self.mention.predict([r.get("findings") or "" for r in records])
         return [selection.with_sentences_first(t, slice_sentences(self.matcher, r.get("findings") or "", t)
                                                if pi >= self.threshold else [])
@@ -248,22 +256,14 @@ def slice_recall(matcher: DiseaseMatcher, references: Sequence[str], systems: Ma
     for name, hit in named.items():
         rec, rboot = rates(hit, ref)
         over, oboot = rates(hit, ~ref)
-        row = {"system": name, "n_reference_names": int(ref.sum()), "recall": rec,
-               "recall_ci": _ci(rboot), "over_call_rate": over, "over_call_ci": _ci(oboot), "n_over_call_base": int((~ref).sum())}
+        row = {"system": name, "n_reference_names": int(ref.sum()), "recall": rec, "recall_ci": percentile_ci(rboot),
+               "over_call_rate": over, "over_call_ci": percentile_ci(oboot), "n_over_call_base": int((~ref).sum())}
         if base is not None and name != against:
-            diffs = rboot - base[1]
-            diffs = diffs[~np.isnan(diffs)]
             d = rec - base[0]
-            row |= {f"recall_vs_{against}": d, f"recall_vs_{against}_ci": _ci(diffs),
-                    f"recall_vs_{against}_p": float((1 + np.sum(np.abs(diffs - d) >= abs(d))) / (diffs.size + 1))
-                    if diffs.size and d == d else None}
+            ci, p = paired_delta(d, rboot - base[1])
+            row |= {f"recall_vs_{against}": d, f"recall_vs_{against}_ci": ci, f"recall_vs_{against}_p": p}
         rows.append(row)
     return pd.DataFrame(rows).set_index("system")
-
-
-def _ci(values: np.ndarray) -> list[float | None]:
-    v = values[~np.isnan(values)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [None, None]
 
 
 @dataclass
@@ -292,16 +292,17 @@ def choose_selection(params: Params, train_slice: Sequence[Mapping[str, Any]], v
         return SelectionChoice(c=None, table=pd.DataFrame(), rule=(
             "no validate slice" if not validate_slice else f"{named} of {len(train_slice)} train-slice impressions name "
             "a finding of the area: no mention model; the disease system is the MBR selection alone"))
-    mbr = selection.NeighbourMBR.from_config(params.eval, pool) if params.eval.mbr_k else None
+    mbr = SliceSelector(matcher, None, selection.NeighbourMBR.from_config(params.eval, pool) if params.eval.mbr_k
+                        else None)
     refs = [r["impression"] for r in validate_slice]
-    general = ([c.text for c in mbr(validate_slice, validate_drafts["general_sft"])] if mbr is not None
-               else list(validate_drafts["general_sft"]))
-    systems: dict[str, list[str]] = {"general_sft": list(validate_drafts["general_sft"]), "general_system": general}
+    systems: dict[str, list[str]] = {"general_sft": list(validate_drafts["general_sft"]),
+                                     "general_system": mbr.choose(validate_slice, validate_drafts["general_sft"])}
+    disease_mbr = mbr.choose(validate_slice, validate_drafts["disease_sft"])  # once: the strengths differ after it
     models = {}
     for c in cfg.mention_c_grid:
         models[c] = SliceMentionModel(matcher, c).fit(train_slice)
-        systems[f"disease_system_c{c:g}"] = SliceSelector(matcher, models[c], mbr, threshold=cfg.mention_threshold)(
-            validate_slice, validate_drafts["disease_sft"])
+        systems[f"disease_system_c{c:g}"] = SliceSelector(matcher, models[c], threshold=cfg.mention_threshold).extend(
+            validate_slice, disease_mbr)
     rouge = {k: float(np.mean(rouge_scores(v, refs)["rougeL"])) for k, v in systems.items()}
     table = slice_recall(matcher, refs, systems, n_boot=200, seed=params.run.seed)[["recall", "over_call_rate"]]
     table.insert(0, "rougeL", pd.Series(rouge))
@@ -331,14 +332,13 @@ def selected_systems(params: Params, choice: SelectionChoice, records: Sequence[
                      drafts: Mapping[str, Sequence[str]], pool: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     """``general_sft_mbr`` (notebook 05's selection on the general drafts), ``disease_sft_mbr`` (the same on the disease
     drafts) and ``disease_system`` (:class:`SliceSelector` with the chosen mention model) for ``records``."""
-    if not params.eval.mbr_k:
-        return {"disease_system": SliceSelector(DiseaseMatcher(params.disease), choice.mention, None,
-                                                threshold=params.disease.mention_threshold)(records, drafts["disease_sft"])}
-    mbr = selection.NeighbourMBR.from_config(params.eval, pool)
-    return {"general_sft_mbr": [c.text for c in mbr(records, drafts["general_sft"])],
-            "disease_sft_mbr": [c.text for c in mbr(records, drafts["disease_sft"])],
-            "disease_system": SliceSelector(DiseaseMatcher(params.disease), choice.mention, mbr,
-                                            threshold=params.disease.mention_threshold)(records, drafts["disease_sft"])}
+    mbr = selection.NeighbourMBR.from_config(params.eval, pool) if params.eval.mbr_k else None
+    selector = SliceSelector(DiseaseMatcher(params.disease), choice.mention, mbr,
+                             threshold=params.disease.mention_threshold)
+    disease_mbr = selector.choose(records, drafts["disease_sft"])  # once, for disease_sft_mbr and disease_system
+    out = ({"general_sft_mbr": selector.choose(records, drafts["general_sft"]), "disease_sft_mbr": disease_mbr}
+           if mbr is not None else {})
+    return out | {"disease_system": selector.extend(records, disease_mbr)}
 
 
 @dataclass

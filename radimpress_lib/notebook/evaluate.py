@@ -435,7 +435,7 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         out.models["sft_mbr"] = triage.recalibrated(
             model, triage.feature_table(run.validate_in_context, mbr_val, prior=prior), mbr_labels["significant"],
             mbr_labels["missed_abnormal"], system="sft_mbr")
-        out.models["sft_mbr"].save(out_dir / triage.RISK_MODEL_FILE.with_name("risk_model_sft_mbr.json"))
+        out.models["sft_mbr"].save(out_dir / triage.risk_model_file("sft_mbr"))
         cost["sft_mbr_validate"] = time.perf_counter() - t3
     refs = [r["impression"] for r in run.test]
     t2 = time.perf_counter()
@@ -480,9 +480,7 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
                        "n_missed_abnormal_validate": fit.n_missed_abnormal,
                        "coefficients": dict(zip(model.features, model.coef))},
         "thresholds": {name: {"threshold": m.threshold, "validate": m.operating_point,
-                              "path": (triage.RISK_MODEL_FILE if name == "sft" else
-                                       triage.RISK_MODEL_FILE.with_name(f"risk_model_{name}.json")).as_posix()}
-                       for name, m in out.models.items()},
+                              "path": triage.risk_model_file(name).as_posix()} for name, m in out.models.items()},
         "ablation": abl.to_dict(orient="records"),
         "cost_s": out.cost_s,
         "labeler": "radimpress rule labeler (radimpress_lib/clinical/labeler.py), not CheXbert",
