@@ -1,19 +1,20 @@
-"""Reward-model accuracy against the number of training pairs (what notebook 03's scaling costs).
+"""Reward-model accuracy against training pairs, epochs and LoRA layers (what notebook 03's settings cost).
 
-Notebook 03 trains the reward model on ``rm.train_pairs`` (160 for the default model) so that
-01 -> 05 fits the 45-minute CPU budget. This script trains the same reward model (same SFT
-backbone from notebook 02, same LoRA/learning-rate settings from the params file) on more
-train-split pairs in one run, and scores notebook 03's held-out validation pairs (same seed,
-same ``rm.eval_pairs``) every ``--eval-every`` training pairs, by pair family and type.
+This script trains the reward model of notebook 03 (same SFT backbone from notebook 02, the
+``rm`` settings of the params file with ``--set`` overrides) on ``--pairs`` train-split pairs and
+scores notebook 03's held-out validation pairs (same seed, ``rm.eval_pairs`` of them), by pair
+family and type. It is the validate sweep behind notebook 03's defaults.
 
-The learning rate decays linearly over the *whole* run, so an intermediate point is a model
-seen at that many pairs mid-schedule, not a separate run that ends there: a lower bound on what
-a run of that size reaches. The last point is a complete run. Training time excludes scoring.
+With the TRL trainer (``--set trainer=trl``) the held-out pairs are also scored every
+``--eval-every`` training pairs; the learning rate decays linearly over the *whole* run, so an
+intermediate point is a model seen at that many pairs mid-schedule (a lower bound on what a run
+of that size reaches). The cached trainer (the default) takes no callbacks: it is scored once, at
+the end. The last point is always a complete run. Training time excludes scoring.
 
 Usage::
 
     .venv/bin/python bench/rm_scaling.py [--params params/smollm2-135m.yaml] [--pairs 640]
-        [--eval-every 160] [--variant NAME] [--set rm.lora_last_layers=8 ...]
+        [--eval-every 160] [--variant NAME] [--set lora_last_layers=8 --set epochs=2 ...]
 
 Needs notebook 02's adapter (``outputs/<model>/sft``). Appends one variant to
 ``bench/results/rm_scaling.json`` (machine description, settings, the curve), rewritten after
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=160, help="score the held-out pairs every N train pairs")
     ap.add_argument("--variant", default=None, help="name of this run in the JSON (default: pairs and settings)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override an rm_* param (YAML value), e.g. rm.lora_last_layers=8")
+                    help="override a field of the rm stage config (YAML value), e.g. lora_last_layers=8")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rm_scaling.json"))
     args = ap.parse_args(argv)
 
@@ -64,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        if not key.startswith("rm_"):
-            raise SystemExit(f"--set {item}: only rm_* params can be overridden here")
+        key = key.removeprefix("rm.")
+        if key not in type(cfg.rm).model_fields:
+            raise SystemExit(f"--set {item}: the rm stage config has no field {key!r}")
         overrides[key] = yaml.safe_load(value)
-    rm_cfg = cfg.rm.model_copy(update=overrides)
+    rm_cfg = type(cfg.rm).model_validate({**cfg.rm.model_dump(), **overrides})
     if args.eval_every % rm_cfg.per_device_batch:
         raise SystemExit(f"--eval-every {args.eval_every} must be a multiple of rm.per_device_batch "
                          f"{rm_cfg.per_device_batch}")
@@ -98,14 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         "eval_pairs": {"n": len(eval_pairs), **eval_info, "fit": eval_fit},
         "sft_adapter": str(sft_info.get("adapter")), "sampler": reward.LENGTH_GROUPED["train_sampling_strategy"],
         "calib_gflops_before": calibrate(), "curve": [],
+        "note": "cached trainer: scored once, after the last step" if rm_cfg.trainer == "cached" else None,
     }
     doc["variants"][variant] = entry
 
-    scorer_batch = 8
-
     def score(model) -> dict[str, Any]:
-        scorer = reward.RewardScorer(model, tokenizer, batch_size=scorer_batch, show_similar=view)
-        margins = reward.score_pairs(scorer, eval_pairs)
+        margins = reward.score_held_out(model, tokenizer, eval_pairs, rm_cfg)  # as notebook 03
         return {"summary": reward.accuracy_summary(margins),
                 "by_type": reward.pairwise_accuracy(margins).to_dict(orient="records")}
 
@@ -121,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     every_steps = args.eval_every // rm_cfg.per_device_batch
     points = TimedPoints(set(range(every_steps, len(train_pairs) // rm_cfg.per_device_batch + 1, every_steps)),
                          on_point, at_end=True)
-    _, result = reward.train_reward_model(sft_model, tokenizer, train_pairs, rm_cfg,
-                                          Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", cfg.run.seed,
-                                          callbacks=[points])
+    model, result = reward.train_reward_model(sft_model, tokenizer, train_pairs, rm_cfg,
+                                              Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", cfg.run.seed,
+                                              callbacks=[points])
+    if not entry["curve"]:  # the cached trainer calls no callbacks: score the finished model once
+        on_point(model, result.global_step, result.wall_time_s)
     entry["result"] = {k: v for k, v in result.to_dict().items() if k not in ("settings", "adapter_dir")}
     entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _write(out, doc)

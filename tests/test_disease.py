@@ -129,3 +129,21 @@ def test_slice_recall_and_paired_difference():
     assert table.loc["disease", "recall_vs_general"] == 50.0 and table.loc["general", "n_reference_names"] == 2
     lo, hi = table.loc["disease", "recall_vs_general_ci"]
     assert 0.0 <= lo <= 50.0 <= hi <= 100.0
+
+
+@pytest.mark.parametrize(("ci", "p", "words"), [
+    ((5.0, 30.0), 0.01, "higher recall (the paired CI excludes zero)"),
+    ((0.0, 33.3), 0.55, "point estimate only: the gain is not significant (p = 0.55"),
+])
+def test_system_verdict_says_whether_the_recall_gain_is_significant(ci, p, words):
+    import pandas as pd
+
+    comparison = pd.DataFrame([{"metric": "rougeL", "vs": "general", "delta": -1.4, "ci_low": -4.5, "ci_high": 0.6,
+                                "p_value": 0.28}])
+    recall = pd.DataFrame({"recall": [30.0, 20.0], "recall_vs_general": [10.0, 0.0],
+                           "recall_vs_general_ci": [ci, (0.0, 0.0)], "recall_vs_general_p": [p, None],
+                           "n_reference_names": [10, 10], "over_call_rate": [5.4, 0.0]},
+                          index=["disease_system", "general"])
+    verdict = disease.SystemComparison("general", comparison, recall).verdict()
+    assert "ROUGE-L +1.40 [-0.60, +4.50]" in verdict and "Not worse on ROUGE-L" in verdict
+    assert words in verdict

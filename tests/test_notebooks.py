@@ -124,6 +124,9 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     assert {"general_sft", "disease_sft", "general_sft_mbr", "disease_system", "retrieval"} <= set(onc["scores"])
     assert {"choice", "general", "comparison", "recall", "verdict"} <= set(onc["disease_system"])
     assert onc["disease_system"]["general"] == "general_sft_mbr" and "Disease system vs" in onc["disease_system"]["verdict"]
+    for name in ("general_sft_mbr", "disease_sft_mbr", "disease_system"):  # every slice system can be read back
+        rows = [json.loads(line) for line in (out / "predictions" / f"disease_oncology_{name}.jsonl").open()]
+        assert len(rows) == onc["n_test_slice"] and {r["model"] for r in rows} == {name}
     # notebook 05's review triage: the risk model fitted on validate drafts, every model system on test
     from radimpress_lib.evaluation.triage import RISK_MODEL_FILE, RiskModel
 

@@ -395,7 +395,9 @@ class RewardStageConfig(_Stage):
     cache_dir: str | None = Field(None, description="cached trainer: folder kept between runs (see sft.cache_dir)")
 
     train_pairs: int = Field(512, gt=0, description="train-split pairs (half style, half factual)")
-    eval_pairs: int = Field(128, gt=0, description="held-out validation-split pairs (half style, half factual)")
+    eval_pairs: int = Field(
+        256, gt=0, description="held-out validation-split pairs (half style, half factual: each kind's accuracy "
+        "is read on 128 pairs)")
     max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
     prompt_similar: bool = Field(
         True, description="the reward model also reads the prompt's 'Impressions of similar reports' (the policy's "

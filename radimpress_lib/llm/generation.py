@@ -62,6 +62,7 @@ __all__ = [
     "score_drafts",
     "TokenStatsRecorder",
     "write_predictions_jsonl",
+    "write_system_predictions",
 ]
 
 logger = logging.getLogger("radimpress.generation")
@@ -460,6 +461,18 @@ def write_predictions_jsonl(predictions: Iterable[Mapping[str, Any]], path: str 
             yield dict(row)
 
     return write_jsonl_atomic(rows(), path)
+
+
+def write_system_predictions(records: Sequence[Mapping[str, Any]], predictions: Sequence[str], name: str,
+                             path: str | Path) -> Path:
+    """Write a system's predictions that did not come from :func:`generate_impressions` (a baseline, a selection
+    over drafts): one row per record with its reference; ``benchmark_idx`` when the records carry it."""
+    if len(records) != len(predictions):
+        raise ValueError(f"{name}: {len(predictions)} predictions for {len(records)} records")
+    return write_predictions_jsonl(
+        [{"report_id": r["report_id"], "prediction": p, "reference": r["impression"], "model": name, "params_hash": None,
+          **({"benchmark_idx": r["benchmark_idx"]} if "benchmark_idx" in r else {})}
+         for r, p in zip(records, predictions)], path)
 
 
 def read_predictions_jsonl(path: str | Path) -> list[dict[str, Any]]:

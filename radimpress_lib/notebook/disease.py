@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -341,6 +342,18 @@ def selected_systems(params: Params, choice: SelectionChoice, records: Sequence[
     return out | {"disease_system": selector.extend(records, disease_mbr)}
 
 
+SELECTED_SYSTEMS = ("general_sft_mbr", "disease_sft_mbr", "disease_system")
+
+
+def write_selected(records: Sequence[Mapping[str, Any]], systems: Mapping[str, Sequence[str]],
+                   predictions_dir: str | Path, area: str) -> list[Path]:
+    """Write the test-slice predictions of :func:`selected_systems` beside the decoded ones
+    (``predictions/disease_<area>_<system>.jsonl``), so every system of the slice table can be read back."""
+    return [generation.write_system_predictions(records, systems[name], name,
+                                                Path(predictions_dir) / f"disease_{area}_{name}.jsonl")
+            for name in SELECTED_SYSTEMS if name in systems]
+
+
 @dataclass
 class SystemComparison:
     """The disease system against the general one on the test slice: paired ROUGE-L (and the other metrics of
@@ -370,11 +383,21 @@ class SystemComparison:
                 f"reference impressions name one), over-call {rec['over_call_rate']:.1f}% vs "
                 f"{base['over_call_rate']:.1f}%. "
                 + ("Not worse on ROUGE-L" if d >= 0 or hi > 0 else "Worse on ROUGE-L")
-                + (" and higher recall." if dr > 0 else "; recall not higher."))
+                + _recall_words(dr, rlo, rec[f"recall_vs_{g}_p"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"general": self.general, "comparison": self.comparison.to_dict(orient="records"),
                 "recall": self.recall.reset_index().to_dict(orient="records")}
+
+
+def _recall_words(delta: float, low: float | None, p: float | None) -> str:
+    """The recall half of the verdict, in words that say whether the gain is more than chance."""
+    if not delta > 0:
+        return "; recall not higher."
+    if low is not None and low == low and low > 0 and p is not None and p < 0.05:
+        return " and higher recall (the paired CI excludes zero)."
+    return (f"; recall is higher on the point estimate only: the gain is not significant "
+            f"(p = {_num(p, '.2f')}, CI includes zero), so the target is not shown on this slice.")
 
 
 def _num(value: Any, spec: str) -> str:

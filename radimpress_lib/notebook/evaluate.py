@@ -108,9 +108,7 @@ def leaky_note(run: TestRun) -> str:
 
 
 def _write_baseline(run: TestRun, name: str) -> None:
-    generation.write_predictions_jsonl(
-        [{"report_id": r["report_id"], "prediction": p, "reference": r["impression"], "model": name, "params_hash": None}
-         for r, p in zip(run.test, run.systems[name])], run.predictions_dir / f"{name}.jsonl")
+    generation.write_system_predictions(run.test, run.systems[name], name, run.predictions_dir / f"{name}.jsonl")
 
 
 def _guard(run: TestRun, name: str, model: Any, tokenizer: Any, styles: Sequence[str | None] | None = None) -> None:
@@ -562,13 +560,6 @@ def _load_published_sft(cfg: Params, folder: Path) -> tuple[Any, Any, dict[str, 
     return model, tokenizer, info | {"adapter": str(folder.relative_to(cfg.output_dir))}
 
 
-def _write_predictions(records: Sequence[Mapping[str, Any]], predictions: Sequence[str], name: str,
-                       path: Path) -> None:
-    generation.write_predictions_jsonl(
-        [{"report_id": r["report_id"], "prediction": p, "reference": r["impression"], "model": name,
-          "params_hash": None, "benchmark_idx": r.get("benchmark_idx")} for r, p in zip(records, predictions)], path)
-
-
 def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = print) -> PublishedRun:
     """Protocol A: score every system as Van Veen et al. scored theirs, write ``metrics_published.json``.
 
@@ -596,7 +587,7 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
     pred_dir = run.predictions_dir.parent / "predictions_published"
     for name, drafts in scoring.baseline_predictions(train, subset.records).items():
         result.systems[name], result.trained_on[name] = drafts, published.TRAINED_AS_GIVEN
-        _write_predictions(subset.records, drafts, name, pred_dir / f"{name}.jsonl")
+        generation.write_system_predictions(subset.records, drafts, name, pred_dir / f"{name}.jsonl")
     folder = artifacts.sft_dir(cfg, protocols.PUBLISHED) / ("model" if cfg.sft.method == "full" else "adapter")
     if folder.is_dir():
         model, tokenizer, info = _load_published_sft(cfg, folder)
@@ -614,7 +605,7 @@ def published_protocol(run: TestRun, out_dir: Path, *, log: Callable[[str], None
                                  same_findings=True)
             result.systems[published.PUBLISHED_SFT_MBR] = [c.text for c in chosen]
             result.trained_on[published.PUBLISHED_SFT_MBR] = published.TRAINED_AS_GIVEN
-            _write_predictions(subset.records, result.systems[published.PUBLISHED_SFT_MBR],
+            generation.write_system_predictions(subset.records, result.systems[published.PUBLISHED_SFT_MBR],
                                published.PUBLISHED_SFT_MBR, pred_dir / f"{published.PUBLISHED_SFT_MBR}.jsonl")
     else:
         result.notes.append(f"`{published.PUBLISHED_SFT}` not scored: no model trained on train as given at "
