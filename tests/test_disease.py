@@ -131,6 +131,15 @@ def test_slice_recall_and_paired_difference():
     assert 0.0 <= lo <= 50.0 <= hi <= 100.0
 
 
+def _slice_comparison(disease_preds, general_preds, refs):
+    from radimpress_lib.evaluation import metrics as M
+    from radimpress_lib.evaluation import scoring
+
+    per = {name: M.compute_per_example(preds, refs, embed_model=False)
+           for name, preds in (("disease_system", disease_preds), ("general", general_preds))}
+    return scoring.comparisons(per, "disease_system", n_boot=200, seed=0)
+
+
 @pytest.mark.parametrize(("ci", "p", "words"), [
     ((5.0, 30.0), 0.01, "higher recall (the paired CI excludes zero)"),
     ((0.0, 33.3), 0.55, "point estimate only: the gain is not significant (p = 0.55"),
@@ -138,12 +147,17 @@ def test_slice_recall_and_paired_difference():
 def test_system_verdict_says_whether_the_recall_gain_is_significant(ci, p, words):
     import pandas as pd
 
-    comparison = pd.DataFrame([{"metric": "rougeL", "vs": "general", "delta": -1.4, "ci_low": -4.5, "ci_high": 0.6,
-                                "p_value": 0.28}])
     recall = pd.DataFrame({"recall": [30.0, 20.0], "recall_vs_general": [10.0, 0.0],
                            "recall_vs_general_ci": [ci, (0.0, 0.0)], "recall_vs_general_p": [p, None],
                            "n_reference_names": [10, 10], "over_call_rate": [5.4, 0.0]},
                           index=["disease_system", "general"])
-    verdict = disease.SystemComparison("general", comparison, recall).verdict()
-    assert "ROUGE-L +1.40 [-0.60, +4.50]" in verdict and "Not worse on ROUGE-L" in verdict
+    refs = [f"no acute disease number {i}." for i in range(8)]
+    # the disease system copies the references (ROUGE-L 100), the general one says something else
+    better = _slice_comparison(refs, ["heart size enlarged." for _ in refs], refs)
+    verdict = disease.SystemComparison("general", better, recall).verdict()
+    assert "ROUGE-L +" in verdict and "Not worse on ROUGE-L" in verdict
     assert words in verdict
+    # and the other way round: the sign follows disease_system - general, never flipped
+    worse = _slice_comparison(["heart size enlarged." for _ in refs], refs, refs)
+    verdict = disease.SystemComparison("general", worse, recall).verdict()
+    assert "ROUGE-L -" in verdict and "Worse on ROUGE-L (the paired CI excludes zero)" in verdict

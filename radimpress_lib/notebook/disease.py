@@ -369,8 +369,8 @@ class SystemComparison:
         if row.empty or "disease_system" not in self.recall.index:
             return "No disease system to compare."
         r, g = row.iloc[0], self.general
-        # comparisons() reports system (disease_system) - vs
-        d, lo, hi, p = -r["delta"], -r["ci_high"], -r["ci_low"], r["p_value"]
+        # scoring.comparisons(per, "disease_system") reports disease_system - vs
+        d, lo, hi, p = r["delta"], r["ci_low"], r["ci_high"], r["p_value"]
         rec, base = self.recall.loc["disease_system"], self.recall.loc[g]
         dr, (rlo, rhi) = rec[f"recall_vs_{g}"], rec[f"recall_vs_{g}_ci"]
         if not self.recall["n_reference_names"].iloc[0]:
@@ -382,12 +382,21 @@ class SystemComparison:
                 f"n = {int(rec['n_reference_names'])} "
                 f"reference impressions name one), over-call {rec['over_call_rate']:.1f}% vs "
                 f"{base['over_call_rate']:.1f}%. "
-                + ("Not worse on ROUGE-L" if d >= 0 or hi > 0 else "Worse on ROUGE-L")
+                + _rouge_words(d, hi)
                 + _recall_words(dr, rlo, rec[f"recall_vs_{g}_p"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"general": self.general, "comparison": self.comparison.to_dict(orient="records"),
                 "recall": self.recall.reset_index().to_dict(orient="records")}
+
+
+def _rouge_words(delta: float, high: float) -> str:
+    """The ROUGE-L half of the verdict: not worse, lower but within chance (CI includes zero), or worse."""
+    if delta >= 0:
+        return "Not worse on ROUGE-L"
+    if high > 0:
+        return "ROUGE-L lower on the point estimate but not significantly (the paired CI includes zero)"
+    return "Worse on ROUGE-L (the paired CI excludes zero)"
 
 
 def _recall_words(delta: float, low: float | None, p: float | None) -> str:
