@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from seed_variance import _score, _validate  # noqa: E402
+from seed_variance import score_vs_retrieval, validate_with_retrieval  # noqa: E402
 from sft_throughput import machine  # noqa: E402
 
 from radimpress_lib import data  # noqa: E402
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         result = sft.train_protocols(cfg, dsd, log=lambda s: print(s, flush=True)).results["deduplicated"]
         doc["train"] = {"wall_s": round(time.perf_counter() - t0, 1), "global_step": result.global_step,
                         "final_eval_loss": result.final_eval_loss}
-    val_records, val_baselines = _validate(base, dsd, None)
+    val_records, val_baselines = validate_with_retrieval(base, dsd, None)
     drafts_path = folder / "validate_drafts.json"
     if drafts_path.is_file():
         drafts = json.loads(drafts_path.read_text(encoding="utf-8"))
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (k, penalty, coverage) in GRID.items():
         systems[name], sources[name] = select_all(val_records, drafts, neighbours, k, penalty, coverage)
     doc["select_s"] = round(time.perf_counter() - t2, 1)
-    scored = _score(systems, val_records, args.sweep_boot, seed)
+    scored = score_vs_retrieval(systems, val_records, args.sweep_boot, seed)
     for name in systems:
         rows[name] = scored[name] | ({"sources": sources[name]} if name in sources else {})
     doc["validate"] = {"n": len(val_records), "rows": rows}
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         test_systems = {"sft": run.systems["sft"], "retrieval": run.systems["retrieval"]}
         for name in dict.fromkeys([setting_name(base.eval.mbr_k, 0.0, False), doc["default"], best]):
             test_systems[name], _ = select_all(run.test, run.systems["sft"], test_nb, *GRID[name])
-        doc["test"] = {"n": len(run.test), "rows": _score(test_systems, run.test, args.n_boot, seed)}
+        doc["test"] = {"n": len(run.test), "rows": score_vs_retrieval(test_systems, run.test, args.n_boot, seed)}
         print("test: " + ", ".join(f"{n} {r['rougeL']:.2f}" for n, r in doc["test"]["rows"].items()), flush=True)
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     doc["wall_s"] = round(time.perf_counter() - t0, 1)

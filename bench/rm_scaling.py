@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     validate = retrieval.with_prompt_context(cfg, dsd["validate"], dsd["train"])
     style_model, _ = style.fit_for_run(train, cfg)
     sft_model, tokenizer, sft_info = checkpoints.load_finetuned(cfg, padding_side="right")
-    train_pairs, train_info = reward.build_pairs(train, style_model, args.pairs, cfg.run.seed, "train")
+    train_pairs, train_info = reward.build_pairs(train, style_model, args.pairs, cfg.run.seed, "train",
+                                                 factual_mix=rm_cfg.factual_mix)
     eval_pairs, eval_info = reward.build_pairs(validate, style_model, rm_cfg.eval_pairs, cfg.run.seed + 1,
                                                "validate")
     view = rm_cfg.prompt_similar

@@ -57,8 +57,9 @@ METRICS = ("rougeL", "bleu", "label_f1_micro", "missed_abnormality_rate", "omitt
 SYSTEMS = ("sft", "sft_mbr")
 
 
-def _score(systems: dict[str, list[str]], records: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
-    """Each system's metrics (with CIs) and its paired bootstrap against ``retrieval``."""
+def score_vs_retrieval(systems: dict[str, list[str]], records: list[dict[str, Any]], n_boot: int,
+                       seed: int) -> dict[str, Any]:
+    """Each system's metrics (with CIs) and its paired bootstrap against ``retrieval`` (also bench/mbr_levers.py)."""
     scores, per = scoring.evaluate_systems(systems, records, n_boot=n_boot, seed=seed, embed=False)
     out: dict[str, Any] = {}
     for name in systems:
@@ -73,8 +74,10 @@ def _score(systems: dict[str, list[str]], records: list[dict[str, Any]], n_boot:
     return out
 
 
-def _validate(cfg: config.Params, dsd: Any, n: int | None) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Validate records with prompt context and neighbours from train only, and the retrieval baseline."""
+def validate_with_retrieval(cfg: config.Params, dsd: Any, n: int | None
+                            ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Validate records with prompt context and neighbours from train only, and the retrieval baseline
+    (also bench/mbr_levers.py)."""
     train = list(dsd["train"])
     records = list(dsd["validate"])[:n] if n else list(dsd["validate"])
     in_context = retrieval.with_prompt_context(cfg, records, train)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     dsd, load_info = data.load_data(base)
     if args.quick:
         dsd = {"train": list(dsd["train"])[:64], "validate": list(dsd["validate"])[:8], "test": list(dsd["test"])[:8]}
-    val_records, val_baselines = _validate(base, dsd, args.val_reports)
+    val_records, val_baselines = validate_with_retrieval(base, dsd, args.val_reports)
     doc: dict[str, Any] = {
         "benchmark": "seed_variance", "quick": args.quick, "note": __doc__.split("\n\n")[1],
         "machine": machine(), "params": args.params, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                           "final_train_loss": result.final_train_loss, "final_eval_loss": result.final_eval_loss,
                           "trunk_cache_s": (result.cache or {}).get("build_s")}
         predictions, decode_s = _decode_validate(cfg, val_records, list(dsd["train"]))
-        entry["validate"] = _score({**predictions, "retrieval": val_baselines["retrieval"]}, val_records,
+        entry["validate"] = score_vs_retrieval({**predictions, "retrieval": val_baselines["retrieval"]}, val_records,
                                    args.n_boot, base.run.seed) | {"decode_s": round(decode_s, 1)}
         print(f"[seed {seed}] validate ROUGE-L sft {entry['validate']['sft']['rougeL']:.2f} "
               f"sft_mbr {entry['validate']['sft_mbr']['rougeL']:.2f} "
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         run = evaluate.prepare(cfg, dsd, cfg.output_dir)
         evaluate.decode_coarse(run)
-        entry["test"] = _score({k: run.systems[k] for k in (*SYSTEMS, "retrieval")}, run.test, args.n_boot,
+        entry["test"] = score_vs_retrieval({k: run.systems[k] for k in (*SYSTEMS, "retrieval")}, run.test, args.n_boot,
                                base.run.seed) | {"decode_s": round(time.perf_counter() - t1, 1)}
         if seed == base.run.seed and not args.quick:
             entry["determinism"] = _identical_share(run.systems["sft"], run.test,

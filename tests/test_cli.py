@@ -19,7 +19,7 @@ from radimpress_lib.clinical import checks
 def no_run_risk_model(monkeypatch, tmp_path_factory):
     """The run's review-risk model is wherever a test puts it, never a local outputs/ci-tiny/ one."""
     missing = tmp_path_factory.mktemp("no-risk-model") / "triage" / "risk_model.json"
-    monkeypatch.setattr(cli, "default_risk_model_path", lambda params: missing)
+    monkeypatch.setattr(cli, "default_risk_model_path", lambda params, system="sft": missing)
     return missing
 
 

@@ -215,6 +215,15 @@ def test_ablation_table_deltas_and_times() -> None:
     assert row["rougeL_delta"] == 3.0 and row["rougeL_delta_ci"] == "[1.0, 5.0]" and row["rougeL_p"] == 0.01
     assert row["extra_train_s"] == 30.0 and row["decode_wall_s"] == 9.0
     assert table.loc["sft", "extra_train_s"] == 0.0 and table.loc["sft", "rougeL_ci"] == "[45.0, 55.0]"
+    assert not row["resumed"]
+    # an arm resumed from an earlier run's checkpoint timed only its last steps: flagged, no extra-time figure
+    resumed = ablation_table(scores, deltas, {"sft": {"wall_time_s": 100.0},
+                                              "sft_graph_text": {"wall_time_s": 6.0, "resumed_from": "checkpoint-30"}},
+                             {}, metrics=("rougeL",))
+    assert resumed.loc["sft_graph_text", "resumed"] and pd.isna(resumed.loc["sft_graph_text", "extra_train_s"])
+    base_resumed = ablation_table(scores, deltas, {"sft": {"wall_time_s": 6.0, "resumed_from": "checkpoint-30"},
+                                                   "sft_graph_text": {"wall_time_s": 130.0}}, {}, metrics=("rougeL",))
+    assert pd.isna(base_resumed.loc["sft_graph_text", "extra_train_s"])
 
 
 def test_frame_records_turns_missing_values_into_none() -> None:

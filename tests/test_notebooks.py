@@ -128,7 +128,8 @@ def test_chain_runs_on_ci_tiny(tmp_path):
         rows = [json.loads(line) for line in (out / "predictions" / f"disease_oncology_{name}.jsonl").open()]
         assert len(rows) == onc["n_test_slice"] and {r["model"] for r in rows} == {name}
     # notebook 05's review triage: the risk model fitted on validate drafts, every model system on test
-    from radimpress_lib.evaluation.triage import RISK_MODEL_FILE, RiskModel
+    from radimpress_lib.core.artifacts import RISK_MODEL_FILE
+    from radimpress_lib.evaluation.triage import RiskModel
 
     triage = json.loads((out / "triage.json").read_text())
     assert {"sft", "sft_guarded", "fine_dpo", "fine_rl"} <= set(triage) and "majority" not in triage

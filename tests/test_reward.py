@@ -45,6 +45,26 @@ def test_build_pairs_style_and_factual(style_model):
         reward.build_pairs(records(6, split="test"), style_model, 4, 0, "test")
 
 
+def test_balanced_factual_mix_takes_rare_types_where_they_apply(style_model):
+    train = records(90)
+    groups = style_model.assign(train)
+    natural, n_info = reward.build_factual_pairs(train, groups, style_model, 30, 0)
+    balanced, b_info = reward.build_factual_pairs(train, groups, style_model, 30, 0, mix="balanced")
+    for pairs, info in ((natural, n_info), (balanced, b_info)):
+        kinds = [p["pair_type"].removeprefix("factual:") for p in pairs]
+        assert info["types"] == {k: kinds.count(k) for k in info["types"]} and sum(info["types"].values()) == 30
+    # balanced: no fewer types used, and the counts closer together than the natural draw's
+    spread = lambda counts: max(counts.values()) - min(v for v in counts.values() if v)  # noqa: E731
+    used = lambda counts: sum(v > 0 for v in counts.values())  # noqa: E731
+    assert used(b_info["types"]) >= used(n_info["types"])
+    assert spread(b_info["types"]) < spread(n_info["types"])
+    assert natural == reward.build_factual_pairs(train, groups, style_model, 30, 0)[0]  # natural: as before
+    assert reward.build_pairs(train, style_model, 20, 0, "train", factual_mix="balanced")[1]["factual_info"]["mix"] \
+        == "balanced"
+    with pytest.raises(ValueError, match="factual pair mix"):
+        reward.build_factual_pairs(train, groups, style_model, 4, 0, mix="uniform")
+
+
 def test_unseen_group_is_left_out_of_pairs():
     train = records(90)
     model = style.fit_style_groups(train, k_min=3, k_max=3, seed=0, unseen="R3")

@@ -85,3 +85,22 @@ def test_outputs_lose_machine_paths(tmp_path, monkeypatch) -> None:
     for out in (html, text):
         assert str(PROJECT_ROOT) not in out and str(data) not in out
     assert "wrote outputs/x.json from $RADIMPRESS_DATA/openi/r.csv" in text
+
+
+def test_resumed_trainings_are_found_in_json_written_since_the_notebook_started(tmp_path) -> None:
+    import json
+    import os
+
+    from radimpress_lib.notebook.runner import resumed_trainings
+
+    old = tmp_path / "sft" / "sft_result.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"resumed_from": "outputs/x/sft/checkpoints/checkpoint-30"}))
+    os.utime(old, (1_000, 1_000))  # written by an earlier notebook
+    fresh = tmp_path / "graph_ablation.json"
+    fresh.write_text(json.dumps({"train": {"sft_graph_none": {"resumed_from": "checkpoint-30", "wall_time_s": 6.4},
+                                           "sft_graph_gnn": {"resumed_from": None}}, "list": [{"resumed_from": ""}]}))
+    (tmp_path / "broken.json").write_text("{not json")
+    found = resumed_trainings(tmp_path, since=2_000)
+    assert found == {"graph_ablation.json:train.sft_graph_none": "checkpoint-30"}
+    assert resumed_trainings(tmp_path, since=0) == found | {"sft/sft_result.json:.": "outputs/x/sft/checkpoints/checkpoint-30"}

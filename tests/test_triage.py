@@ -12,6 +12,7 @@ from graph_fixtures import tiny_llama
 from transformers import AutoTokenizer
 
 from radimpress_lib.clinical import checks
+from radimpress_lib.core import artifacts
 from radimpress_lib.core.config import GenerationStageConfig
 from radimpress_lib.evaluation import triage
 from radimpress_lib.llm import generation
@@ -225,6 +226,10 @@ def test_recalibrated_threshold_flags_the_same_share_of_another_systems_drafts(t
     assert own.meta["recalibrated_on"] == "validate drafts of other" and own.meta["n_errors"] == int(y2.sum())
     again = triage.RiskModel.load(own.save(tmp_path / "risk_model_other.json"))
     assert again.threshold == own.threshold and again.threshold_for_budget(share) == pytest.approx(own.threshold)
+    bare = triage.RiskModel.load(own.save(tmp_path / "bare.json"))
+    bare.operating_point = {}  # no flag rate to carry over: an error, not a silent 30%
+    with pytest.raises(ValueError, match="no operating flag rate"):
+        triage.recalibrated(bare, other, y2, y2 & missed, system="other")
 
 
 def test_operating_point_is_the_smallest_flag_rate_meeting_the_targets():
@@ -311,7 +316,7 @@ def cli_run(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "load_drafting_model", lambda params, adapter: (None, None, {"model": "f", "adapter": None}))
     monkeypatch.setattr(cli, "model_drafter", drafter_for)
     monkeypatch.setattr(loading, "load_data", lambda params: ({"train": _train_reports(), "validate": []}, {}))
-    monkeypatch.setattr(cli, "default_risk_model_path", lambda params: tmp_path / "absent" / "risk_model.json")
+    monkeypatch.setattr(cli, "default_risk_model_path", lambda params, system="sft": tmp_path / "absent" / "risk_model.json")
     inp = tmp_path / "reports.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in [
         {"report_id": "eff", "findings": "Heart size is normal. Small left pleural effusion. No pneumothorax."},
@@ -389,7 +394,7 @@ def test_cli_select_mbr_writes_notebook_05s_choice_with_its_own_threshold(monkey
     monkeypatch.setattr(cli, "load_drafting_model", lambda params, adapter: (None, None, {"model": "f", "adapter": "a"}))
     monkeypatch.setattr(cli, "model_drafter", drafter_for)
     monkeypatch.setattr(retrieval, "load_data", lambda params: ({"train": pool[:45], "validate": pool[45:]}, {}))
-    monkeypatch.setattr(cli, "default_risk_model_path", lambda params: tmp_path / "triage" / "risk_model.json")
+    monkeypatch.setattr(cli, "default_risk_model_path", lambda params, system="sft": tmp_path / artifacts.risk_model_file(system))
     sft_model = triage.RiskModel.load(_hand_model(tmp_path))
     mbr_path = triage.recalibrated(sft_model, pd.DataFrame(0.0, index=range(4), columns=sft_model.features),
                                    [True, False, False, False], [False] * 4, system="sft_mbr").save(

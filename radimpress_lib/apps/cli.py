@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from radimpress_lib.clinical.checks import Checker, default_checkers, order_reasons, review_reasons
-from radimpress_lib.core import config, seeding
+from radimpress_lib.core import artifacts, config, seeding
 from radimpress_lib.core.config import ParamsError
 from radimpress_lib.data.csvfile import UTF8_BOM, CsvFileError, CsvReader
 from radimpress_lib.data.scope import StudyScope
@@ -855,14 +855,14 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
     return summary
 
 
-def default_risk_model_path(params: Any) -> Path:
-    """Where notebook 05 saves the run's review-risk model."""
-    return params.output_dir / "triage" / "risk_model.json"
+def default_risk_model_path(params: Any, system: str = "sft") -> Path:
+    """Where notebook 05 saves the run's review-risk model thresholded for ``system``'s drafts."""
+    return params.output_dir / artifacts.risk_model_file(system)
 
 
 def _default_risk_model(params: Any, select: str) -> Path:
-    path = default_risk_model_path(params)
-    return path.with_name(f"risk_model_sft_mbr{path.suffix}") if select == "mbr" else path
+    """The risk model for the drafts ``select`` writes (thresholded on ``sft_mbr``'s drafts with MBR)."""
+    return default_risk_model_path(params, "sft_mbr" if select == "mbr" else "sft")
 
 
 def _selection(args: argparse.Namespace, params: Any) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,15 +326,20 @@ def corrupt(text: str, kind: str, seed: int = 0) -> Corruption | None:
     return out
 
 
-def corrupt_impression(text: str, rng: random.Random,
-                       kinds: Sequence[str] = CORRUPTION_TYPES) -> tuple[str, str] | None:
+def corrupt_impression(text: str, rng: random.Random, kinds: Sequence[str] = CORRUPTION_TYPES, *,
+                       prefer: Callable[[str], float] | None = None) -> tuple[str, str] | None:
     """One corruption of a kind drawn with ``rng``: ``(corrupted text, kind)``, or None if no kind applies.
 
     The kinds are tried in an ``rng``-shuffled order, each with a seed drawn from ``rng`` (the
     reward model's factual pairs, :func:`radimpress_lib.train.reward.build_factual_pairs`).
+    ``prefer`` reorders them (stable sort on ``prefer(kind)``, lowest first, the shuffle breaking
+    ties): e.g. the number of pairs of each kind built so far, so the rarely applicable kinds are
+    taken wherever they apply.
     """
     order = list(kinds)
     rng.shuffle(order)
+    if prefer is not None:
+        order.sort(key=prefer)
     seed = rng.randrange(2**31)
     for kind in order:
         c = corrupt(text, kind, seed)

@@ -29,6 +29,15 @@ def sft_dir(params: Params, protocol: str = "deduplicated") -> Path:
     return params.output_dir / _SFT_FOLDERS[protocol]
 
 
+#: Notebook 05's review-risk model (fitted and thresholded on sft's validate drafts), relative to the run folder.
+RISK_MODEL_FILE = Path("triage") / "risk_model.json"
+
+
+def risk_model_file(system: str = "sft") -> Path:
+    """Where notebook 05 saves the risk model thresholded for ``system`` (relative to the run folder)."""
+    return RISK_MODEL_FILE if system == "sft" else RISK_MODEL_FILE.with_name(f"risk_model_{system}.json")
+
+
 def rm_dir(params: Params) -> Path:
     """Notebook 03's reward model folder."""
     return params.output_dir / "reward_model"

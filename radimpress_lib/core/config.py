@@ -398,6 +398,10 @@ class RewardStageConfig(_Stage):
     eval_pairs: int = Field(
         256, gt=0, description="held-out validation-split pairs (half style, half factual: each kind's accuracy "
         "is read on 128 pairs)")
+    factual_mix: Literal["natural", "balanced"] = Field(
+        "balanced", description="train pairs' corruption types: natural (uniform among the types that apply to "
+        "each impression) or balanced (the type with the fewest pairs so far first, so the rarely applicable "
+        "ones are not left rare; bench/rm_scaling.py); held-out pairs stay natural")
     max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
     prompt_similar: bool = Field(
         True, description="the reward model also reads the prompt's 'Impressions of similar reports' (the policy's "

@@ -65,7 +65,6 @@ __all__ = [
     "ABNORMAL",
     "DraftTriage",
     "HARD_REASONS",
-    "RISK_MODEL_FILE",
     "SIGNAL_GROUPS",
     "ReferencePrior",
     "RiskModel",
@@ -76,13 +75,11 @@ __all__ = [
     "fit_risk_model",
     "recalibrated",
     "recall_curve",
-    "risk_model_file",
     "rule_flags",
     "triage_metrics",
 ]
 
-#: Where notebook 05 saves the fitted model, relative to the run's output folder.
-RISK_MODEL_FILE = Path("triage") / "risk_model.json"
+#: Format tag of a saved risk model (where notebook 05 saves it: :func:`radimpress_lib.core.artifacts.risk_model_file`).
 RISK_MODEL_FORMAT = "radimpress-risk-model/1"
 
 #: Findings whose omission counts as a *missed abnormality* (not No Finding, not Support Devices).
@@ -568,11 +565,6 @@ def _validate_curve(model: RiskModel, scores: np.ndarray, y: np.ndarray, m: np.n
             "threshold": [float(model.threshold_for_budget(r)) if r > 0 else float(model.quantiles[-1]) for r in rates]}
 
 
-def risk_model_file(system: str = "sft") -> Path:
-    """Where notebook 05 saves the risk model thresholded for ``system`` (relative to the run folder)."""
-    return RISK_MODEL_FILE if system == "sft" else RISK_MODEL_FILE.with_name(f"risk_model_{system}.json")
-
-
 def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *,
                  system: str) -> RiskModel:
     """``model``'s weights with the threshold for another system's drafts (``x``: its validate drafts' signals).
@@ -590,7 +582,9 @@ def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: S
                     coef=list(model.coef), intercept=model.intercept, quantiles=_risk_quantiles(risk),
                     meta=dict(model.meta) | {"recalibrated_on": f"validate drafts of {system}", "n_validate": len(y),
                                              "n_errors": int(y.sum()), "n_missed_abnormal": int(m.sum())})
-    rate = float(model.operating_point.get("flag_rate") or 0.3)
+    if model.operating_point.get("flag_rate") is None:
+        raise ValueError("risk model has no operating flag rate to carry over (fit it with fit_risk_model)")
+    rate = float(model.operating_point["flag_rate"])
     out.threshold = out.threshold_for_budget(rate)
     flagged = risk >= out.threshold
     out.operating_point = dict(model.operating_point) | {

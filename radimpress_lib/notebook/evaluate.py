@@ -419,7 +419,7 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
               "candidates": e.triage_candidates,
               "error_label": "a finding positive in the reference that the draft leaves out or negates, or a "
                              "finding the draft states positive that the reference does not (our rule labeler)"})
-    model.save(out_dir / triage.RISK_MODEL_FILE)
+    model.save(out_dir / artifacts.RISK_MODEL_FILE)
     abl = triage.ablation(xv, labels["significant"], labels["missed_abnormal"],
                           flag_rate=model.operating_point["flag_rate"], n_folds=e.triage_folds, seed=cfg.run.seed)
     cost["fit_and_ablation"] = time.perf_counter() - t1
@@ -433,7 +433,7 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         out.models["sft_mbr"] = triage.recalibrated(
             model, triage.feature_table(run.validate_in_context, mbr_val, prior=prior), mbr_labels["significant"],
             mbr_labels["missed_abnormal"], system="sft_mbr")
-        out.models["sft_mbr"].save(out_dir / triage.risk_model_file("sft_mbr"))
+        out.models["sft_mbr"].save(out_dir / artifacts.risk_model_file("sft_mbr"))
         cost["sft_mbr_validate"] = time.perf_counter() - t3
     refs = [r["impression"] for r in run.test]
     t2 = time.perf_counter()
@@ -472,13 +472,13 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
     out.cost_s = {k: round(v, 1) for k, v in cost.items()}
     jsonio.write_json(out_dir / "triage.json", {
         **out.results,
-        "risk_model": {"path": triage.RISK_MODEL_FILE.as_posix(), "fitted_on": "validate drafts of sft",
+        "risk_model": {"path": artifacts.RISK_MODEL_FILE.as_posix(), "fitted_on": "validate drafts of sft",
                        "threshold": model.threshold, "operating_point": model.operating_point,
                        "c": fit.c, "cv_auc": fit.cv_auc, "n_validate": fit.n, "n_errors_validate": fit.n_errors,
                        "n_missed_abnormal_validate": fit.n_missed_abnormal,
                        "coefficients": dict(zip(model.features, model.coef))},
         "thresholds": {name: {"threshold": m.threshold, "validate": m.operating_point,
-                              "path": triage.risk_model_file(name).as_posix()} for name, m in out.models.items()},
+                              "path": artifacts.risk_model_file(name).as_posix()} for name, m in out.models.items()},
         "ablation": abl.to_dict(orient="records"),
         "cost_s": out.cost_s,
         "labeler": "radimpress rule labeler (radimpress_lib/clinical/labeler.py), not CheXbert",

@@ -184,11 +184,15 @@ def ablation_table(scores: Mapping[str, Mapping[str, Any]], deltas: pd.DataFrame
         deltas: :func:`radimpress_lib.evaluation.comparisons` of the variants against ``baseline``
             (columns ``system``, ``vs``, ``metric``, ``delta``, ``ci_low``, ``ci_high``, ``p_value``;
             ``delta`` = baseline - variant, flipped here to variant - baseline).
-        train: per system, ``wall_time_s`` and ``tokens_per_s`` of its training run.
+        train: per system, ``wall_time_s`` and ``tokens_per_s`` of its training run, and
+            ``resumed_from`` (a checkpoint of an earlier run it resumed from: its time is then only
+            that of the remaining steps, flagged ``resumed``, and no extra-time figure is computed).
         decode: per system, ``wall_time_s`` of its test decode (may lack systems).
         baseline: the no-graph system (:func:`baseline_system`).
     """
-    base_wall = train.get(baseline, {}).get("wall_time_s")
+    base = train.get(baseline, {})
+    # a run resumed from an earlier run's checkpoint timed only its last steps: no extra-time figure from it
+    base_wall = None if base.get("resumed_from") else base.get("wall_time_s")
     rows = []
     for name, s in scores.items():
         row: dict[str, Any] = {"system": name}
@@ -206,15 +210,16 @@ def ablation_table(scores: Mapping[str, Mapping[str, Any]], deltas: pd.DataFrame
         t = train.get(name, {})
         row["train_wall_s"] = t.get("wall_time_s")
         row["train_tok_per_s"] = t.get("tokens_per_s")
+        row["resumed"] = bool(t.get("resumed_from"))
         row["extra_train_s"] = (t["wall_time_s"] - base_wall) if name != baseline and base_wall and t.get(
-            "wall_time_s") is not None else (0.0 if name == baseline else None)
+            "wall_time_s") is not None and not row["resumed"] else (0.0 if name == baseline else None)
         row["decode_wall_s"] = decode.get(name, {}).get("wall_time_s")
         rows.append(row)
     return pd.DataFrame(rows).set_index("system")
 
 
 #: What the training table shows per system.
-TRAIN_COLUMNS = ("wall_time_s", "tokens_per_s", "train_tokens", "final_eval_loss")
+TRAIN_COLUMNS = ("wall_time_s", "tokens_per_s", "train_tokens", "final_eval_loss", "resumed_from")
 
 
 def train_variants(params: Params, splits: Mapping[str, Any], baseline: Mapping[str, Any] | None, *,

@@ -17,7 +17,10 @@ What the runner guarantees about an output folder:
 * **portable**: absolute machine paths in outputs are made relative (the checkout) or
   ``$RADIMPRESS_DATA`` (the data folder); widget state is stripped.
 
-Wall times go to ``timings.json`` (``bench/reproduce_walltime.py`` reads it).
+Wall times go to ``timings.json`` (``bench/reproduce_walltime.py`` reads it). A training that
+resumed from a checkpoint left by an earlier run times only its remaining steps: ``run_log.json``
+lists such trainings per notebook under ``resumed`` (:func:`resumed_trainings`) and the runner says
+so, so a timed reference run is known to have started from scratch.
 """
 
 from __future__ import annotations
@@ -201,6 +204,42 @@ def render_html(notebook: Path, *, summary: str | None = None, banner: str | Non
     return out
 
 
+def _resumed_from(doc: Any, where: str = "") -> dict[str, str]:
+    """Every truthy ``resumed_from`` in a JSON document: {key path: checkpoint}."""
+    found: dict[str, str] = {}
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "resumed_from" and value:
+                found[where or "."] = str(value)
+            else:
+                found |= _resumed_from(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            found |= _resumed_from(value, f"{where}[{i}]")
+    return found
+
+
+def resumed_trainings(out_dir: Path, since: float, max_bytes: int = 5_000_000) -> dict[str, str]:
+    """Trainings that resumed from an earlier run's checkpoint, in the JSON files written since ``since``
+    (epoch seconds): {"<file relative to out_dir>:<key path>": checkpoint}.
+
+    A resumed training times only its remaining steps, so a notebook that resumed one reports a wall
+    time shorter than a run from scratch: the runner records these in ``run_log.json`` and says so.
+    """
+    found: dict[str, str] = {}
+    for path in sorted(out_dir.rglob("*.json")):
+        try:
+            stat = path.stat()
+            if stat.st_mtime < since or stat.st_size > max_bytes:
+                continue
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a file being replaced or not JSON: nothing to read
+        rel = path.relative_to(out_dir).as_posix()
+        found |= {f"{rel}:{key}": portable_text(ckpt) for key, ckpt in _resumed_from(doc).items()}
+    return found
+
+
 def _read_run_log(out_dir: Path) -> dict[str, dict[str, Any]]:
     path = out_dir / RUN_LOG
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -269,6 +308,7 @@ def run(model: str, *, notebooks: list[str] | None = None, kernel: str = KERNEL_
             target = out_dir / nb.name
             log.info("running %s with %s -> %s", nb.name, params_file.name, portable_text(str(target)))
             started = dt.datetime.now(dt.timezone.utc).isoformat()
+            started_epoch = time.time()
             start = time.perf_counter()
             record = {"commit": head.get("sha"), "dirty": head.get("dirty"), "status": "failed"}
             try:
@@ -281,6 +321,12 @@ def run(model: str, *, notebooks: list[str] | None = None, kernel: str = KERNEL_
                 record["seconds"] = round(time.perf_counter() - start, 1)
                 record["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat()
                 record["stage"] = _stage_entry(out_dir, started)[0]
+                resumed = resumed_trainings(out_dir, started_epoch)
+                if resumed:
+                    record["resumed"] = resumed
+                    log.warning("%s resumed trainings from earlier checkpoints (its wall time covers only the "
+                                "remaining steps; delete them for a timed reference run): %s", nb.name,
+                                ", ".join(f"{k} <- {v}" for k, v in resumed.items()))
                 run_log[nb.stem] = record
                 write_json(out_dir / RUN_LOG, dict(sorted(run_log.items())))
                 _render(out_dir, nb.stem, record, commits_banner(run_log))

@@ -58,6 +58,7 @@ from radimpress_lib.llm.prompting import build_messages, end_of_turn_token_ids, 
 from radimpress_lib.train import cached
 
 __all__ = [
+    "FACTUAL_MIXES",
     "RewardScorer",
     "build_factual_pairs",
     "build_pairs",
@@ -146,38 +147,58 @@ def build_style_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str
     return pairs, info
 
 
+FACTUAL_MIXES = ("natural", "balanced")
+
+
 def build_factual_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: style.StyleModel, n: int,
-                        seed: int, source: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Up to ``n`` factual pairs (reference vs corrupted reference); returns (pairs, info)."""
+                        seed: int, source: str | None = None, mix: str = "natural"
+                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Up to ``n`` factual pairs (reference vs corrupted reference); returns (pairs, info).
+
+    ``mix``: ``natural`` draws each report's corruption type uniformly among those that apply to
+    it, so the types that apply to few impressions (dropped finding, laterality, severity) stay
+    rare; ``balanced`` tries first the type with the fewest pairs so far, so every type is taken
+    wherever it applies (the reward model's train pairs, ``rm.factual_mix``; held-out pairs stay
+    natural). ``info["types"]`` counts the pairs of each type.
+    """
+    if mix not in FACTUAL_MIXES:
+        raise ValueError(f"factual pair mix must be one of {FACTUAL_MIXES}, got {mix!r}")
     rng = random.Random(seed)
     name = "corruptions.corrupt_impression"
     seen = _seen(records, groups, model)
     order = list(range(len(seen)))
     rng.shuffle(order)
     pairs, skipped = [], 0
+    counts = dict.fromkeys(corruptions.CORRUPTION_TYPES, 0)
+    prefer = counts.__getitem__ if mix == "balanced" else None
     for i in order:
         if len(pairs) >= n:
             break
         record, group = seen[i]
-        out = corruptions.corrupt_impression(record["impression"].strip(), rng)
+        out = corruptions.corrupt_impression(record["impression"].strip(), rng, prefer=prefer)
         if out is None:
             skipped += 1
             continue
         corrupted, kind = out
+        counts[kind] += 1
         pairs.append(make_pair(record, record["impression"].strip(), corrupted, f"factual:{kind}", source or name,
                                style=style.style_prefix(model, group)))
-    return pairs, {"generator": name, "no_corruption": skipped}
+    return pairs, {"generator": name, "mix": mix, "no_corruption": skipped, "types": counts}
 
 
 def build_pairs(records: Sequence[Mapping[str, Any]], model: style.StyleModel, n: int, seed: int,
-                split: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``n`` pairs from one split: half style, half factual (seeded); returns (pairs, info with counts)."""
+                split: str, factual_mix: str = "natural") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``n`` pairs from one split: half style, half factual (seeded); returns (pairs, info with counts).
+
+    ``factual_mix``: how the factual pairs' corruption types are drawn (:func:`build_factual_pairs`).
+    """
     if any(r.get("split") == "test" for r in records):
         raise ValueError("preference pairs are built from train/validate reports only, never the test split")
     groups = model.assign(records)
     n_style = n // 2
     style_pairs, s_info = build_style_pairs(records, groups, model, n_style, seed, source=f"style_pairs:{split}")
-    fact_pairs, f_info = build_factual_pairs(records, groups, model, n - len(style_pairs), seed + 1)
+    fact_pairs, f_info = build_factual_pairs(records, groups, model, n - len(style_pairs), seed + 1,
+                                             mix=factual_mix)
     pairs = style_pairs + fact_pairs
     random.Random(seed).shuffle(pairs)
     info = {"split": split, "n": len(pairs), "style": len(style_pairs), "factual": len(fact_pairs),
