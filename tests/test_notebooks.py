@@ -127,6 +127,9 @@ def test_chain_runs_on_ci_tiny(tmp_path):
     for name in ("general_sft_mbr", "disease_sft_mbr", "disease_system"):  # every slice system can be read back
         rows = [json.loads(line) for line in (out / "predictions" / f"disease_oncology_{name}.jsonl").open()]
         assert len(rows) == onc["n_test_slice"] and {r["model"] for r in rows} == {name}
+    for name in ("general_sft", "disease_sft"):  # the decoded ones, written by disease.decode_slice
+        rows = [json.loads(line) for line in (out / "predictions" / f"disease_oncology_{name}.jsonl").open()]
+        assert len(rows) == onc["n_test_slice"]
     # notebook 05's review triage: the risk model fitted on validate drafts, every model system on test
     from radimpress_lib.core.artifacts import RISK_MODEL_FILE
     from radimpress_lib.evaluation.triage import RiskModel

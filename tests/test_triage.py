@@ -263,6 +263,22 @@ def test_triage_metrics_with_bootstrap_cis_on_a_synthetic_set():
     assert curve.loc[curve["flag_rate"].round() == 20, "recall"].iloc[0] == pytest.approx(75.0)
 
 
+def test_triage_table_of_a_system_without_erroneous_drafts():
+    """A system whose test drafts have no significant error has no recall: the table and take-away say n/a."""
+    from radimpress_lib.notebook.evaluate import TriageRun
+
+    scores = np.linspace(0.9, 0.0, 20)
+    clean = triage.triage_metrics(scores, np.zeros(20, dtype=bool), np.zeros(20, dtype=bool), threshold=0.5,
+                                  n_boot=50, seed=0)
+    assert clean["recall"] is None and clean["flag_rate"] > 0
+    res = clean | {"rules_default": {"recall": None, "flag_rate": 5.0}, "rules_omissions": {"recall": None,
+                                                                                            "flag_rate": 10.0}}
+    run = TriageRun(results={"sft": res})
+    row = run.table().loc["sft"]
+    assert row["recall %"] == "n/a" and row["CLI rules: recall / flag %"] == "n/a / 5.0"
+    assert "n/a% at 5.0% flagged" in run.best_line({"sft": {"rougeL": 50.0}})
+
+
 def test_rule_flags_match_the_cli_rules():
     recs = [EFFUSION, EFFUSION, EFFUSION, {"findings": "Lungs clear."}]
     drafts = ["Small left pleural effusion.", "No acute disease.", "No pleural effusion.", ""]

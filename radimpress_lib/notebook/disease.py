@@ -39,9 +39,10 @@ from radimpress_lib.evaluation.metrics import bootstrap_indices, paired_delta, p
 from radimpress_lib.llm import checkpoints, generation, selection
 from radimpress_lib.train import sft
 
-__all__ = ["DiseaseMatcher", "SelectionChoice", "SliceMentionModel", "SliceSelector", "SliceStats", "SystemComparison",
-           "choose_selection", "compare_disease_system", "decode_slice", "disease_dir", "load_disease_model",
-           "select_slice", "selected_systems", "slice_recall", "slice_sentences", "slice_table", "train_disease_adapter"]
+__all__ = ["DiseaseMatcher", "SelectionChoice", "SliceDecode", "SliceMentionModel", "SliceSelector", "SliceStats",
+           "SystemComparison", "choose_selection", "compare_disease_system", "decode_slice", "disease_dir",
+           "load_disease_model", "select_slice", "selected_systems", "slice_recall", "slice_sentences", "slice_table",
+           "train_disease_adapter"]
 
 
 class DiseaseMatcher:
@@ -318,15 +319,46 @@ def choose_selection(params: Params, train_slice: Sequence[Mapping[str, Any]], v
     return SelectionChoice(c=best, table=table.round(2), rule=rule, mention=models[best])
 
 
-def decode_slice(params: Params, records: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Greedy drafts of ``records`` (with their prompt context) by the general SFT model and the disease model."""
-    out = {}
-    for name, load in (("general_sft", checkpoints.load_finetuned), ("disease_sft", load_disease_model)):
-        model, tokenizer, _info = load(params)
-        out[name] = [p["prediction"] for p in generation.generate_impressions(
-            model, tokenizer, list(records), params.gen, model_name=params.model.name, log=lambda _s: None).predictions]
+@dataclass
+class SliceDecode:
+    """:func:`decode_slice`'s greedy decodes of a slice, by system, and the tokenizer they used."""
+
+    results: dict[str, generation.GenerationResult]
+    tokenizer: Any
+
+    @property
+    def drafts(self) -> dict[str, list[str]]:
+        """The drafts of each system, in record order."""
+        return {name: [p["prediction"] for p in r.predictions] for name, r in self.results.items()}
+
+    def summary(self) -> pd.DataFrame:
+        """One row per system: reports, wall time, reports/s and drafts that hit the token limit."""
+        return pd.DataFrame({name: r.summary() for name, r in self.results.items()}).T[
+            ["n_reports", "wall_time_s", "reports_per_s", "n_not_stopped"]]
+
+
+def decode_slice(params: Params, records: Sequence[Mapping[str, Any]], *, predictions_dir: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> SliceDecode:
+    """Greedy drafts of ``records`` (with their prompt context) by the general SFT model (``general_sft``) and the
+    disease model (``disease_sft``).
+
+    ``predictions_dir``: each system's predictions are also written to ``disease_<area>_<system>.jsonl`` there,
+    with the adapter and settings hash they came from. ``log``: progress lines (default: none).
+    """
+    loaders = (("general_sft", checkpoints.load_finetuned, "adapter", ("sft",)),
+               ("disease_sft", load_disease_model, "disease_adapter", ("sft", "disease")))
+    results, tokenizer = {}, None
+    for name, load, adapter_key, stages in loaders:
+        model, tokenizer, info = load(params)
+        out_path = (None if predictions_dir is None
+                    else Path(predictions_dir) / f"disease_{params.disease.area}_{name}.jsonl")
+        results[name] = generation.generate_impressions(
+            model, tokenizer, list(records), params.gen, model_name=params.model.name,
+            model_config={"model": params.model.name, "adapter": info.get(adapter_key),
+                          stages[-1]: params.params_hash(*stages)},
+            out_path=out_path, log=log or (lambda _s: None))
         del model
-    return out
+    return SliceDecode(results, tokenizer)
 
 
 def selected_systems(params: Params, choice: SelectionChoice, records: Sequence[Mapping[str, Any]],

@@ -337,8 +337,8 @@ class TriageRun:
             row["AUC"] = _fmt({name: r}, name, "auc", 3)
             for kind, label in (("rules_default", "CLI rules: recall / flag %"),
                                 ("rules_omissions", "--flag-omissions: recall / flag %")):
-                rr = r[kind]
-                row[label] = f"{rr['recall']:.0f} / {rr['flag_rate']:.1f}"
+                rr = r[kind]  # recall is None where the system has no erroneous draft
+                row[label] = f"{_number(rr['recall'], 0)} / {_number(rr['flag_rate'])}"
             rows[name] = row
         return pd.DataFrame(rows).T
 
@@ -352,7 +352,7 @@ class TriageRun:
         return (f"**Operating point** (chosen on {meta['n_validate']} validate drafts of `{self.fitted_on}`, "
                 f"{meta['n_errors']} with a significant error; cross-validated): flag drafts with risk >= "
                 f"{self.model.threshold:.3f}, i.e. {100 * op['flag_rate']:.0f}% of drafts, expected recall "
-                f"{100 * op['recall']:.0f}% of erroneous drafts and {100 * op['missed_recall']:.0f}% of drafts missing an "
+                f"{_share(op['recall'])}% of erroneous drafts and {_share(op['missed_recall'])}% of drafts missing an "
                 f"abnormal finding ({met}; targets {100 * op['target_recall']:.0f}% / "
                 f"{100 * op['target_missed_recall']:.0f}% at <= {100 * op['max_flag_rate']:.0f}% flagged). One model "
                 f"(logistic regression on the signal groups {', '.join(meta.get('groups') or [])} chosen by forward "
@@ -365,7 +365,7 @@ class TriageRun:
             return ""
         return ("; " + ", ".join(
             f"`{k}` gets the threshold that flags the same share of its own validate drafts ({m.threshold:.3f}; there "
-            f"recall {100 * m.operating_point['recall']:.0f}%, not cross-validated)" for k, m in others.items())
+            f"recall {_share(m.operating_point['recall'])}%, not cross-validated)" for k, m in others.items())
                 + f", the others `{self.fitted_on}`'s")
 
     def best_line(self, scores: Mapping[str, Mapping[str, Any]]) -> str:
@@ -378,7 +378,18 @@ class TriageRun:
         return (f"- Review triage of `{best}` (risk >= {r['threshold']:.3f}): flags {_fmt({'x': r}, 'x', 'flag_rate')}% "
                 f"of drafts, catching {_fmt({'x': r}, 'x', 'recall')}% of the drafts with a significant error and "
                 f"{_fmt({'x': r}, 'x', 'missed_abnormal_recall')}% of those missing an abnormal finding (CLI rule flags: "
-                f"{r['rules_default']['recall']:.0f}% at {r['rules_default']['flag_rate']:.1f}% flagged; our labeler).")
+                f"{_number(r['rules_default']['recall'], 0)}% at {_number(r['rules_default']['flag_rate'])}% flagged; "
+                "our labeler).")
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    """``value`` rounded, or n/a (a recall is None where a system has no erroneous draft)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _share(fraction: float | None) -> str:
+    """A fraction as a whole percentage, or n/a."""
+    return _number(None if fraction is None else 100 * fraction, 0)
 
 
 def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = print) -> TriageRun:
@@ -466,8 +477,9 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         res["curve"] = {c: [round(float(v), 2) for v in curve[c]] for c in curve.columns}
         res["risk_model"] = "sft validate drafts" + ("" if name == "sft" else " (applied to this system)")
         out.results[name] = res
-        log(f"triage {name}: recall {res['recall']:.1f}% at flag rate {res['flag_rate']:.1f}% "
-            f"(CLI rules {res['rules_default']['recall']:.1f}% at {res['rules_default']['flag_rate']:.1f}%)")
+        cli_rules = res["rules_default"]  # recall is None where the system has no erroneous draft
+        log(f"triage {name}: recall {_number(res['recall'])}% at flag rate {_number(res['flag_rate'])}% "
+            f"(CLI rules {_number(cli_rules['recall'])}% at {_number(cli_rules['flag_rate'])}%)")
     cost["test_signals_and_bootstrap"] = time.perf_counter() - t2
     out.cost_s = {k: round(v, 1) for k, v in cost.items()}
     jsonio.write_json(out_dir / "triage.json", {
