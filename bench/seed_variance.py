@@ -184,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
                           "final_train_loss": result.final_train_loss, "final_eval_loss": result.final_eval_loss,
                           "trunk_cache_s": (result.cache or {}).get("build_s")}
         predictions, decode_s = _decode_validate(cfg, val_records, list(dsd["train"]))
-        entry["validate"] = score_vs_retrieval({**predictions, "retrieval": val_baselines["retrieval"]}, val_records,
-                                   args.n_boot, base.run.seed) | {"decode_s": round(decode_s, 1)}
+        validate_systems = {**predictions, "retrieval": val_baselines["retrieval"]}
+        entry["validate"] = score_vs_retrieval(validate_systems, val_records, args.n_boot, base.run.seed) | {
+            "decode_s": round(decode_s, 1)}
         print(f"[seed {seed}] validate ROUGE-L sft {entry['validate']['sft']['rougeL']:.2f} "
               f"sft_mbr {entry['validate']['sft_mbr']['rougeL']:.2f} "
               f"retrieval {entry['validate']['retrieval']['rougeL']:.2f}", flush=True)
         t1 = time.perf_counter()
         run = evaluate.prepare(cfg, dsd, cfg.output_dir)
         evaluate.decode_coarse(run)
-        entry["test"] = score_vs_retrieval({k: run.systems[k] for k in (*SYSTEMS, "retrieval")}, run.test, args.n_boot,
-                               base.run.seed) | {"decode_s": round(time.perf_counter() - t1, 1)}
+        test_systems = {k: run.systems[k] for k in (*SYSTEMS, "retrieval")}
+        entry["test"] = score_vs_retrieval(test_systems, run.test, args.n_boot, base.run.seed) | {
+            "decode_s": round(time.perf_counter() - t1, 1)}
         if seed == base.run.seed and not args.quick:
             entry["determinism"] = _identical_share(run.systems["sft"], run.test,
                                                     base.output_dir / "predictions" / "sft.jsonl")

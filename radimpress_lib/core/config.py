@@ -105,6 +105,9 @@ class ExploreConfig(_Stage):
 #: Storage dtype of a trunk cache (radimpress_lib.llm.trunk): fp32 is exact; fp16 halves the memory (max logit
 #: error ~1e-2 on SmolLM2-135M); bf16 is 6x worse than fp16 for no gain on CPU.
 CacheDtype = Literal["float32", "float16", "bfloat16"]
+#: How the reward model's factual train pairs draw corruption types
+#: (:func:`radimpress_lib.train.reward.build_factual_pairs`).
+FactualMix = Literal["natural", "balanced"]
 
 
 class SFTStageConfig(_Stage):
@@ -398,7 +401,7 @@ class RewardStageConfig(_Stage):
     eval_pairs: int = Field(
         256, gt=0, description="held-out validation-split pairs (half style, half factual: each kind's accuracy "
         "is read on 128 pairs)")
-    factual_mix: Literal["natural", "balanced"] = Field(
+    factual_mix: FactualMix = Field(
         "balanced", description="train pairs' corruption types: natural (uniform among the types that apply to "
         "each impression) or balanced (the type with the fewest pairs so far first, so the rarely applicable "
         "ones are not left rare; bench/rm_scaling.py); held-out pairs stay natural")

@@ -675,10 +675,8 @@ def manifest_summary(scores: Mapping[str, Mapping[str, Any]], fine: Sequence[str
 def _fmt(scores: Mapping[str, Any], system: str, metric: str, digits: int = 1) -> str:
     s = scores.get(system) or {}
     value, ci = s.get(metric), s.get(f"{metric}_ci")
-    if value is None:
-        return "n/a"
-    text = f"{value:.{digits}f}"
-    return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci and None not in ci else "")
+    text = _number(value, digits)
+    return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if value is not None and ci and None not in ci else "")
 
 
 def take_away(scores: Mapping[str, Mapping[str, Any]], comparison: pd.DataFrame, *, n: int,

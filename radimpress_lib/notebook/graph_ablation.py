@@ -211,8 +211,12 @@ def ablation_table(scores: Mapping[str, Mapping[str, Any]], deltas: pd.DataFrame
         row["train_wall_s"] = t.get("wall_time_s")
         row["train_tok_per_s"] = t.get("tokens_per_s")
         row["resumed"] = bool(t.get("resumed_from"))
-        row["extra_train_s"] = (t["wall_time_s"] - base_wall) if name != baseline and base_wall and t.get(
-            "wall_time_s") is not None and not row["resumed"] else (0.0 if name == baseline else None)
+        if name == baseline:
+            row["extra_train_s"] = 0.0
+        elif base_wall and t.get("wall_time_s") is not None and not row["resumed"]:
+            row["extra_train_s"] = t["wall_time_s"] - base_wall
+        else:
+            row["extra_train_s"] = None
         row["decode_wall_s"] = decode.get(name, {}).get("wall_time_s")
         rows.append(row)
     return pd.DataFrame(rows).set_index("system")

@@ -307,8 +307,8 @@ def run(model: str, *, notebooks: list[str] | None = None, kernel: str = KERNEL_
         for nb in chosen:
             target = out_dir / nb.name
             log.info("running %s with %s -> %s", nb.name, params_file.name, portable_text(str(target)))
-            started = dt.datetime.now(dt.timezone.utc).isoformat()
-            started_epoch = time.time()
+            now = dt.datetime.now(dt.timezone.utc)
+            started, started_epoch = now.isoformat(), now.timestamp()
             start = time.perf_counter()
             record = {"commit": head.get("sha"), "dirty": head.get("dirty"), "status": "failed"}
             try:

@@ -41,14 +41,14 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import datasets
 import pandas as pd
 import torch
 
 from radimpress_lib.clinical import corruptions, labeler, style
-from radimpress_lib.core.config import RewardStageConfig
+from radimpress_lib.core.config import FactualMix, RewardStageConfig
 from radimpress_lib.core.jsonio import write_json
 from radimpress_lib.data.preferences import make_pair, validate_pair
 from radimpress_lib.llm import trunk
@@ -147,7 +147,7 @@ def build_style_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str
     return pairs, info
 
 
-FACTUAL_MIXES = ("natural", "balanced")
+FACTUAL_MIXES: tuple[str, ...] = get_args(FactualMix)
 
 
 def build_factual_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: style.StyleModel, n: int,
