@@ -230,3 +230,18 @@ def test_git_sha_and_dirty_flag(tmp_path: Path) -> None:
     assert mf.git_info(repo) == {"sha": sha, "dirty": False}  # a run rewriting its outputs is not a code change
     (repo / "a.txt").write_text("two\n")
     assert mf.git_info(repo) == {"sha": sha, "dirty": True}
+
+
+def test_the_data_folder_beside_the_checkout_is_made_portable(tmp_path: Path, monkeypatch) -> None:
+    """A reference run that finds ../shared/data without $RADIMPRESS_DATA still writes no machine path."""
+    from radimpress_lib.core import paths
+
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    monkeypatch.delenv("RADIMPRESS_DATA", raising=False)
+    monkeypatch.setattr(paths, "SHARED_DATA_DIR", shared)
+    text = f"data folder: {shared}  source: benchmark\nreports: {shared / 'reports.csv'}"
+    assert paths.portable_text(text) == ("data folder: $RADIMPRESS_DATA  source: benchmark\n"
+                                         "reports: $RADIMPRESS_DATA/reports.csv")
+    monkeypatch.setattr(paths, "SHARED_DATA_DIR", tmp_path / "absent")  # no such folder: nothing to replace
+    assert paths.portable_text(text) == text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,15 @@ def test_lever_table_marks_the_choice_and_keeps_the_grid_short(tmp_path):
     shown = {n for n in names if f"| `{n}`" in md}
     assert shown == set(names) - {"k3_pen1", "k8_pen1"}  # other k: only without penalty and at the chosen setting
     assert "Decode levers" not in results.results_markdown(tmp_path, None, tmp_path / "missing.json")
+
+
+def test_reference_outputs_hold_no_machine_paths():
+    """What the reference run committed names the checkout relatively and the data folder as $RADIMPRESS_DATA,
+    whatever machine ran it (a path under a usual mount point is one that core.paths.portable_text missed)."""
+    absolute = re.compile(r"(?:^|[\"'\s(=:])/(?:home|root|work|tmp|Users|mnt)/")
+    files = [p for pattern in ("*.ipynb", "*.html", "*.json", "*.csv", "predictions/*.jsonl", "triage/*.json")
+             for p in REFERENCE.glob(pattern)]
+    assert len(files) > 20
+    leaks = {p.relative_to(REFERENCE).as_posix(): m.group(0) for p in files
+             if (m := absolute.search(p.read_text(encoding="utf-8")))}
+    assert leaks == {}

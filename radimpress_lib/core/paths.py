@@ -19,11 +19,15 @@ PROJECT_ROOT: Path = _find_root(Path(__file__).resolve().parent)
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 PARAMS_DIR: Path = PROJECT_ROOT / "params"
 OUTPUTS_DIR: Path = PROJECT_ROOT / "outputs"
+#: The data folder beside the checkout (``../shared/data``), found without ``$RADIMPRESS_DATA``
+#: (:func:`radimpress_lib.data.locate.resolve_data_dir`).
+SHARED_DATA_DIR: Path = PROJECT_ROOT.parent / "shared" / "data"
 
 
 def _roots(data_root: str | os.PathLike[str] | None) -> list[tuple[str, str]]:
     roots: list[tuple[str, str]] = []
-    for folder in (data_root, os.environ.get("RADIMPRESS_DATA") or None):
+    shared = SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else None
+    for folder in (data_root, os.environ.get("RADIMPRESS_DATA") or None, shared):
         if folder:
             resolved = str(Path(folder).expanduser().resolve())
             roots += [(resolved + os.sep, "$RADIMPRESS_DATA/"), (resolved, "$RADIMPRESS_DATA")]
@@ -36,7 +40,8 @@ def _roots(data_root: str | os.PathLike[str] | None) -> list[tuple[str, str]]:
 
 
 def portable_text(text: str, data_root: str | os.PathLike[str] | None = None) -> str:
-    """``text`` without absolute machine paths: the data folder becomes ``$RADIMPRESS_DATA``, the checkout
+    """``text`` without absolute machine paths: the data folder (``data_root``, ``$RADIMPRESS_DATA`` or the
+    ``../shared/data`` folder found beside the checkout) becomes ``$RADIMPRESS_DATA``, the checkout
     becomes relative (``outputs/...``), the home folder ``~``. Used on every result file and rendered output."""
     for prefix, label in _roots(data_root):
         text = text.replace(prefix, label)
