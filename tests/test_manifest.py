@@ -239,9 +239,10 @@ def test_the_data_folder_beside_the_checkout_is_made_portable(tmp_path: Path, mo
     shared = tmp_path / "shared" / "data"
     shared.mkdir(parents=True)
     monkeypatch.delenv("RADIMPRESS_DATA", raising=False)
-    monkeypatch.setattr(paths, "SHARED_DATA_DIR", shared)
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path / "checkout")
+    assert paths.shared_data_dir() == shared
     text = f"data folder: {shared}  source: benchmark\nreports: {shared / 'reports.csv'}"
     assert paths.portable_text(text) == ("data folder: $RADIMPRESS_DATA  source: benchmark\n"
                                          "reports: $RADIMPRESS_DATA/reports.csv")
-    monkeypatch.setattr(paths, "SHARED_DATA_DIR", tmp_path / "absent")  # no such folder: nothing to replace
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path / "elsewhere" / "checkout")  # no data folder beside it
     assert paths.portable_text(text) == text

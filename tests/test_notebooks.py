@@ -136,6 +136,9 @@ def test_chain_runs_on_ci_tiny(tmp_path):
 
     triage = json.loads((out / "triage.json").read_text())
     assert {"sft", "sft_guarded", "fine_dpo", "fine_rl"} <= set(triage) and "majority" not in triage
+    # the pseudo-draft error model is fitted on ci-tiny's train reports (48: one pseudo-draft each)
+    assert triage["risk_model"]["pseudo_draft_model"]["n_drafts"] == triage["risk_model"]["pseudo_draft_model"][
+        "n_reports"] > 0 and "pseudo_draft_model_fit" in triage["cost_s"]
     for system in ("sft", "fine_rl"):
         t = triage[system]
         assert {"recall", "recall_ci", "precision", "flag_rate", "flag_rate_ci", "threshold", "missed_abnormal_recall",

@@ -303,6 +303,39 @@ def test_feature_table_and_ablation():
     assert not math.isnan(row.loc["only uncertainty", "recall_at_budget"])
 
 
+def _varied_train_reports(n: int = 90) -> list[dict]:
+    """Distinct findings: an effusion the impression states or omits, cardiomegaly, clear lungs."""
+    out = []
+    for i in range(n):
+        side = "left" if i % 2 else "right"
+        if i % 3 == 0:
+            out.append({"findings": f"Small {side} pleural effusion, {i} mm. Heart size normal.",
+                        "impression": "Small pleural effusion." if i % 9 else "No acute disease."})
+        elif i % 3 == 1:
+            out.append({"findings": f"Calcified granuloma in the {side} lobe, {i} mm. Lungs clear. No effusion.",
+                        "impression": "No acute disease."})
+        else:
+            out.append({"findings": f"Cardiomegaly, ratio 0.{50 + i}. No effusion.", "impression": "Cardiomegaly."})
+    return out
+
+
+def test_pseudo_draft_model_learns_errors_from_train_neighbours_and_round_trips():
+    train = _varied_train_reports()
+    pseudo = triage.PseudoDraftModel.fit(train, k=1, folds=3, seed=0)
+    assert pseudo.meta["n_drafts"] == len(train) and 0 < pseudo.meta["n_errors"] < len(train)
+    assert set(pseudo.features) <= {f for g in triage.PSEUDO_INPUT_GROUPS for f in triage.SIGNAL_GROUPS[g]}
+    prior = triage.ReferencePrior(min_df=1).fit(train)
+    recs = [EFFUSION, EFFUSION]
+    t = triage.feature_table(recs, ["Small left pleural effusion.", "No acute disease."], prior=prior, pseudo=pseudo)
+    assert t.loc[1, "pseudo_risk"] > t.loc[0, "pseudo_risk"]  # leaving out the effusion is the likelier error
+    assert np.allclose(t["pseudo_risk"], pseudo.decision(t))
+    again = triage.PseudoDraftModel.from_json(json.loads(json.dumps(pseudo.to_json())))
+    assert np.allclose(again.decision(t), pseudo.decision(t))
+    assert (triage.feature_table(recs, ["x", "y"], prior=prior)["pseudo_risk"] == 0).all()  # no model: the group is 0
+    with pytest.raises(ValueError, match="at least"):
+        triage.PseudoDraftModel.fit(train[:4], folds=3)
+
+
 # --------------------------------------------------------------------------- radimpress draft uses the saved model
 
 
@@ -440,3 +473,19 @@ def test_cli_select_mbr_writes_notebook_05s_choice_with_its_own_threshold(monkey
     assert [rows[r["report_id"]]["draft"] for r in records] == list(model_drafts.values())
     assert all("selection" not in r for r in rows.values()) and "impression: the model draft" in err
     assert str(tmp_path / "triage" / "risk_model.json") in err
+
+
+def test_cli_weighs_the_pseudo_draft_model_saved_inside_the_risk_model(cli_run, tmp_path):
+    feats = triage.all_features()
+    pseudo = triage.PseudoDraftModel(features=["omitted:Pleural Effusion"], mean=[0.0], scale=[1.0], coef=[4.0],
+                                     intercept=-2.0)
+    model = triage.RiskModel(features=feats, mean=[0.0] * len(feats), scale=[1.0] * len(feats),
+                             coef=[1.0 if f == "pseudo_risk" else 0.0 for f in feats], intercept=0.0, threshold=0.5,
+                             quantiles=list(np.linspace(0.05, 0.95, 201)), operating_point={"flag_rate": 0.25},
+                             meta={"n_validate": 100}, pseudo=pseudo.to_json())
+    path = model.save(tmp_path / "triage" / "risk_model.json")
+    assert triage.RiskModel.load(path).pseudo_model() == pseudo
+    rc, rows = cli_run("--risk-model", str(path))
+    assert rc == 0
+    assert rows["eff"]["risk"] == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-4) and rows["eff"]["needs_review"]
+    assert rows["ok"]["risk"] == pytest.approx(1 / (1 + math.exp(2.0)), abs=1e-4) and not rows["ok"]["needs_review"]

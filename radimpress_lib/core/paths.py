@@ -19,14 +19,17 @@ PROJECT_ROOT: Path = _find_root(Path(__file__).resolve().parent)
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 PARAMS_DIR: Path = PROJECT_ROOT / "params"
 OUTPUTS_DIR: Path = PROJECT_ROOT / "outputs"
-#: The data folder beside the checkout (``../shared/data``), found without ``$RADIMPRESS_DATA``
-#: (:func:`radimpress_lib.data.locate.resolve_data_dir`).
-SHARED_DATA_DIR: Path = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def shared_data_dir(root: Path | None = None) -> Path:
+    """The data folder beside the checkout ``root`` (``../shared/data``), found without ``$RADIMPRESS_DATA``
+    (:func:`radimpress_lib.data.locate.resolve_data_dir`)."""
+    return (root if root is not None else PROJECT_ROOT).parent / "shared" / "data"
 
 
 def _roots(data_root: str | os.PathLike[str] | None) -> list[tuple[str, str]]:
     roots: list[tuple[str, str]] = []
-    shared = SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else None
+    shared = shared_data_dir() if shared_data_dir().is_dir() else None
     for folder in (data_root, os.environ.get("RADIMPRESS_DATA") or None, shared):
         if folder:
             resolved = str(Path(folder).expanduser().resolve())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from radimpress_lib.core.paths import PROJECT_ROOT, SHARED_DATA_DIR
+from radimpress_lib.core.paths import PROJECT_ROOT, shared_data_dir
 from radimpress_lib.core.schema import SPLITS
 from radimpress_lib.data.download import OPENI_ARCHIVE_NAME
 
@@ -66,7 +66,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(ENV_DATA_DIR, "").strip()
     if env:
         return _as_existing_dir(env, f"${ENV_DATA_DIR}")
-    shared = SHARED_DATA_DIR
+    shared = shared_data_dir(PROJECT_ROOT)
     if shared.is_dir():
         return shared.resolve()
     local = default_download_dir()

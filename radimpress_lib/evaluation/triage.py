@@ -25,6 +25,11 @@ A draft is only safe in a reading workflow if the drafts that are wrong get look
   - ``candidates`` (optional, ``eval.triage_candidates``): disagreement of the draft with sampled
     alternative impressions (an extra decode);
   - ``complexity``: findings length and number of findings present;
+  - ``pseudo``: the error risk a :class:`PseudoDraftModel` gives the draft, a logistic regression of the
+    ``checks`` / ``prior`` / ``complexity`` signals fitted on thousands of **train** reports whose "draft"
+    is the impression of their nearest other train report (the retrieval baseline left one out), labelled
+    against their own reference: a prior over which disagreements with the findings are errors, learnt
+    from far more drafts than the few hundred validate ones (``eval.triage_pseudo_k``);
 
 * fits a :class:`RiskModel` (scikit-learn logistic regression on standardised signals, regularisation
   chosen by stratified cross-validation) on the model's drafts of the **validate** split, chooses the
@@ -60,11 +65,13 @@ from radimpress_lib.clinical import checks, labeler
 from radimpress_lib.clinical.checks import CHECK_SIGNALS, COMPLEXITY_SIGNALS, NEIGHBOUR_SIGNALS, TRIAGE_OBSERVATIONS
 from radimpress_lib.core.jsonio import write_json
 from radimpress_lib.evaluation.metrics import bootstrap_indices
+from radimpress_lib.llm import retrieval
 
 __all__ = [
     "ABNORMAL",
     "DraftTriage",
     "HARD_REASONS",
+    "PseudoDraftModel",
     "SIGNAL_GROUPS",
     "ReferencePrior",
     "RiskModel",
@@ -89,6 +96,7 @@ PRIOR_SIGNALS: tuple[str, ...] = ("prior_missing", "prior_missing_max", "prior_e
 UNCERTAINTY_SIGNALS: tuple[str, ...] = ("logprob_mean", "logprob_min", "logprob_sum", "entropy_mean",
                                         "entropy_max", "low_confidence_tokens", "truncated")
 CANDIDATE_SIGNALS: tuple[str, ...] = ("candidates_label_disagreement", "candidates_text_distance")
+PSEUDO_SIGNALS: tuple[str, ...] = ("pseudo_risk",)
 
 #: Signal groups, in the order of the feature vector.
 SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
@@ -98,7 +106,11 @@ SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
     "uncertainty": UNCERTAINTY_SIGNALS,
     "candidates": CANDIDATE_SIGNALS,
     "complexity": COMPLEXITY_SIGNALS,
+    "pseudo": PSEUDO_SIGNALS,
 }
+
+#: Groups a :class:`PseudoDraftModel` reads (neighbour signals left out: its drafts are neighbours' impressions).
+PSEUDO_INPUT_GROUPS: tuple[str, ...] = ("checks", "prior", "complexity")
 
 _PRESENT = (labeler.POSITIVE, labeler.UNCERTAIN)
 
@@ -218,6 +230,78 @@ def prior_signals(probs: Mapping[str, float], draft_labels: Mapping[str, str]) -
             "prior_logit": math.log(clipped / (1.0 - clipped))}
 
 
+@dataclass
+class PseudoDraftModel:
+    """Error risk of a draft learnt from retrieval pseudo-drafts of the train split (the ``pseudo`` signal).
+
+    :meth:`fit`: every train report gets as "draft" the impression of its ``k`` nearest other train reports
+    (never one with the same findings: the retrieval baseline left one out), its :func:`error_label`
+    against its own reference, and its signals (:data:`PSEUDO_INPUT_GROUPS`, the reference prior
+    **cross-fitted**: each fold's probabilities come from a prior fitted on the other folds, as the
+    validate and test drafts get a prior that never saw them); a logistic regression on standardised
+    signals learns which disagreements with the findings are errors from thousands of labelled drafts.
+    :meth:`decision` gives its log-odds for any draft's signals. Readable JSON (:meth:`to_json`), stored
+    inside the :class:`RiskModel` that weighs it, so drafting time needs no refit.
+    """
+
+    features: list[str]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, records: Sequence[Mapping[str, Any]], *, k: int = 1, folds: int = 5, seed: int = 0, c: float = 1.0,
+            prior_c: float = 4.0) -> PseudoDraftModel:
+        from sklearn.model_selection import KFold
+
+        records = list(records)
+        if len(records) < 2 * folds:
+            raise ValueError(f"a pseudo-draft model needs at least {2 * folds} train reports, got {len(records)}")
+        probs = pd.DataFrame(index=range(len(records)), columns=list(TRIAGE_OBSERVATIONS), dtype=float)
+        for fit_idx, pred_idx in KFold(folds, shuffle=True, random_state=seed).split(records):
+            prior = ReferencePrior(c=prior_c).fit([records[i] for i in fit_idx])
+            probs.iloc[pred_idx] = prior.predict([records[i]["findings"] for i in pred_idx]).to_numpy()
+        near = retrieval.with_similar_impressions(records, records, k)
+        idx = [i for i, r in enumerate(near) for _ in r["similar_impressions"][:k]]
+        drafts = [d for r in near for d in r["similar_impressions"][:k]]
+        if not drafts:
+            raise ValueError("no train report has a neighbour with other findings: nothing to fit a pseudo-draft model on")
+        kept = [records[i] for i in idx]
+        x = feature_table(kept, drafts, prior_probs=probs.iloc[idx].reset_index(drop=True))
+        y = error_labels([r["impression"] for r in kept], drafts)["significant"].to_numpy(dtype=bool)
+        if y.all() or not y.any():
+            raise ValueError("pseudo-drafts are all right or all wrong: nothing to fit a pseudo-draft model on")
+        cols = [f for g in PSEUDO_INPUT_GROUPS for f in SIGNAL_GROUPS[g] if x[f].std() > 0]
+        pipe = _logreg(c, seed).fit(x[cols].to_numpy(), y)
+        scaler, lr = pipe.steps[0][1], pipe.steps[1][1]
+        return cls(features=cols, mean=[float(v) for v in scaler.mean_], scale=[float(v) or 1.0 for v in scaler.scale_],
+                   coef=[float(v) for v in lr.coef_[0]], intercept=float(lr.intercept_[0]),
+                   meta={"n_reports": len(records), "n_drafts": len(drafts), "n_errors": int(y.sum()), "k": k,
+                         "folds": folds, "c": c, "prior_c": prior_c, "fitted_on": "train pseudo-drafts (retrieval, "
+                         "left one out)", "train_auc": _roc_auc(y, lr.decision_function(scaler.transform(
+                             x[cols].to_numpy())))})
+
+    def decision(self, x: pd.DataFrame) -> np.ndarray:
+        """Log-odds that each draft has a significant error (``x``: :func:`feature_table` signals)."""
+        missing = [f for f in self.features if f not in x.columns]
+        if missing:
+            raise ValueError(f"signals {missing[:5]} missing for the pseudo-draft model")
+        z = (x[self.features].to_numpy(dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return z @ np.asarray(self.coef) + self.intercept
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PseudoDraftModel:
+        fields = {k: data[k] for k in ("features", "mean", "scale", "coef", "intercept")}
+        if len({len(fields[k]) for k in ("features", "mean", "scale", "coef")}) != 1:
+            raise ValueError("pseudo-draft model: features, mean, scale and coef differ in length")
+        return cls(**fields, meta=dict(data.get("meta") or {}))
+
+
 def uncertainty_signals(row: Mapping[str, Any] | None) -> dict[str, float]:
     """The model's own uncertainty about a draft (:data:`UNCERTAINTY_SIGNALS`) from its prediction row.
 
@@ -259,13 +343,14 @@ def candidate_signals(draft_labels: Mapping[str, str], draft: str, candidates: S
 def feature_table(records: Sequence[Mapping[str, Any]], drafts: Sequence[str], *,
                   rows: Sequence[Mapping[str, Any] | None] | None = None, prior: ReferencePrior | None = None,
                   candidates: Sequence[Sequence[str] | None] | None = None,
-                  prior_probs: pd.DataFrame | None = None) -> pd.DataFrame:
+                  prior_probs: pd.DataFrame | None = None, pseudo: PseudoDraftModel | None = None) -> pd.DataFrame:
     """One row of signals per draft, columns in :data:`SIGNAL_GROUPS` order (drafting-time inputs only).
 
     ``records``: the inputs the drafts were made from (with their prompt context: ``similar_impressions``);
     ``rows``: the drafts' prediction rows (token statistics, ``stopped``); ``prior``: a fitted
-    :class:`ReferencePrior`; ``candidates``: alternative impressions per draft. A group whose input
-    is not given is all zeros (and then carries no weight in a model fitted the same way).
+    :class:`ReferencePrior`; ``candidates``: alternative impressions per draft; ``pseudo``: a fitted
+    :class:`PseudoDraftModel` (the ``pseudo`` group). A group whose input is not given is all zeros (and
+    then carries no weight in a model fitted the same way).
     """
     if len(records) != len(drafts):
         raise ValueError(f"{len(drafts)} drafts for {len(records)} records")
@@ -283,7 +368,9 @@ def feature_table(records: Sequence[Mapping[str, Any]], drafts: Sequence[str], *
         sig |= uncertainty_signals(rows[i] if rows is not None else None)
         sig |= candidate_signals(labs["draft"], draft, candidates[i] if candidates is not None else None)
         out.append(sig)
-    return pd.DataFrame(out, columns=all_features())
+    table = pd.DataFrame(out, columns=all_features())
+    table["pseudo_risk"] = pseudo.decision(table) if pseudo is not None and len(table) else 0.0
+    return table
 
 
 def all_features() -> list[str]:
@@ -318,6 +405,13 @@ class RiskModel:
     curve: dict[str, list[float]] = field(default_factory=dict)
     quantiles: list[float] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the :class:`PseudoDraftModel` (JSON) whose ``pseudo_risk`` this model weighs, if any
+    pseudo: dict[str, Any] | None = None
+
+    def pseudo_model(self) -> PseudoDraftModel | None:
+        """The pseudo-draft model behind the ``pseudo_risk`` signal, when it carries weight."""
+        weighted = any(c != 0 and f in PSEUDO_SIGNALS for f, c in zip(self.features, self.coef))
+        return PseudoDraftModel.from_json(self.pseudo) if self.pseudo and weighted else None
 
     def decision(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
         arr = self._matrix(x)
@@ -374,7 +468,8 @@ class RiskModel:
             raise ValueError("risk model: features, mean, scale and coef differ in length")
         return cls(**fields, threshold=float(data.get("threshold", 0.5)),
                    operating_point=dict(data.get("operating_point") or {}), curve=dict(data.get("curve") or {}),
-                   quantiles=list(data.get("quantiles") or []), meta=dict(data.get("meta") or {}))
+                   quantiles=list(data.get("quantiles") or []), meta=dict(data.get("meta") or {}),
+                   pseudo=dict(data["pseudo"]) if data.get("pseudo") else None)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -503,8 +598,8 @@ def select_groups(x: pd.DataFrame, y: Sequence[bool], *, c_grid: Sequence[float]
 def fit_risk_model(x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *, recall: float = 0.9,
                    missed_recall: float = 0.95, max_flag_rate: float = 0.3,
                    c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0), n_folds: int = 5, repeats: int = 3,
-                   seed: int = 0, groups: Sequence[str] | str = "auto", meta: Mapping[str, Any] | None = None
-                   ) -> tuple[RiskModel, FitReport]:
+                   seed: int = 0, groups: Sequence[str] | str = "auto", meta: Mapping[str, Any] | None = None,
+                   pseudo: PseudoDraftModel | None = None) -> tuple[RiskModel, FitReport]:
     """Fit the review-risk model on validate drafts' signals ``x`` and error labels ``y``.
 
     ``groups="auto"`` chooses the signal groups by forward selection on cross-validated AUC
@@ -513,6 +608,7 @@ def fit_risk_model(x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *
     the out-of-fold risks (:func:`choose_operating_point`) and is turned into a threshold of the final
     model (fitted on every row) through its validate risk quantiles, so the threshold flags the chosen
     share of drafts. Every signal stays in the saved model; unused or constant ones get weight 0.
+    ``pseudo``: the :class:`PseudoDraftModel` that made ``x``'s ``pseudo_risk`` column, saved inside the model.
     """
     y = np.asarray(y, dtype=bool)
     m = np.asarray(missed, dtype=bool)
@@ -536,7 +632,7 @@ def fit_risk_model(x: pd.DataFrame, y: Sequence[bool], missed: Sequence[bool], *
     model = RiskModel(features=names, mean=[float(mean.get(f, 0.0)) for f in names],
                       scale=[float(scale.get(f, 1.0)) or 1.0 for f in names],
                       coef=[float(coef.get(f, 0.0)) for f in names], intercept=float(lr.intercept_[0]),
-                      meta=dict(meta or {}))
+                      meta=dict(meta or {}), pseudo=pseudo.to_json() if pseudo is not None else None)
     model.quantiles = _risk_quantiles(model.predict(x))
     op = choose_operating_point(oof[best], y, m, recall=recall, missed_recall=missed_recall,
                                 max_flag_rate=max_flag_rate)
@@ -579,7 +675,7 @@ def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: S
     y, m = np.asarray(y, dtype=bool), np.asarray(missed, dtype=bool)
     risk = model.predict(x)
     out = RiskModel(features=list(model.features), mean=list(model.mean), scale=list(model.scale),
-                    coef=list(model.coef), intercept=model.intercept, quantiles=_risk_quantiles(risk),
+                    coef=list(model.coef), intercept=model.intercept, quantiles=_risk_quantiles(risk), pseudo=model.pseudo,
                     meta=dict(model.meta) | {"recalibrated_on": f"validate drafts of {system}", "n_validate": len(y),
                                              "n_errors": int(y.sum()), "n_missed_abnormal": int(m.sum())})
     if model.operating_point.get("flag_rate") is None:
@@ -757,7 +853,8 @@ class DraftTriage:
     """The review-risk model at drafting time: risk, whether a draft needs review, and why.
 
     ``model``: a :class:`RiskModel` saved by notebook 05; ``prior``: the :class:`ReferencePrior` refitted on
-    the run's train split (as the notebook fitted it; only when the model weights prior signals);
+    the run's train split (as the notebook fitted it; only when the model weights prior signals, or a
+    pseudo-draft model that reads them);
     ``threshold``: the model's operating threshold, or the one for a review budget
     (:meth:`RiskModel.threshold_for_budget`).
     """
@@ -775,7 +872,9 @@ class DraftTriage:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no review-risk model (notebook 05 writes it, with eval.triage on)")
         model = RiskModel.load(path)
-        uses_prior = any(c != 0 and f in PRIOR_SIGNALS for f, c in zip(model.features, model.coef))
+        pseudo = model.pseudo_model()
+        uses_prior = any(c != 0 and f in PRIOR_SIGNALS for f, c in zip(model.features, model.coef)) or (
+            pseudo is not None and any(f in PRIOR_SIGNALS for f in pseudo.features))
         prior = None
         if uses_prior:
             from radimpress_lib.data.loading import load_data  # datasets: only when the model weights the prior
@@ -800,7 +899,7 @@ class DraftTriage:
                rows: Sequence[Mapping[str, Any] | None] | None = None) -> list[dict[str, Any]]:
         """Per draft: ``risk``, ``flag`` (risk >= threshold) and the ``reasons`` behind it (kind, message)."""
         probs = self.prior.predict([r.get("findings") or "" for r in records]) if self.prior is not None else None
-        x = feature_table(records, drafts, rows=rows, prior_probs=probs)
+        x = feature_table(records, drafts, rows=rows, prior_probs=probs, pseudo=self.model.pseudo_model())
         risk = self.model.predict(x)
         out = []
         for i, (rec, draft) in enumerate(zip(records, drafts)):

@@ -401,7 +401,8 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
 
     Signals (:func:`radimpress_lib.evaluation.triage.feature_table`) use drafting-time inputs only: the
     findings, the prompt's retrieval context, the reference prior (fitted on train), the drafts' token
-    statistics. The regularisation and the operating threshold are chosen on validate
+    statistics, the pseudo-draft error model (fitted on train's retrieval pseudo-drafts, ``eval.triage_pseudo_k``;
+    saved inside the risk model). The regularisation and the operating threshold are chosen on validate
     (cross-validated; ``eval.triage_recall`` / ``triage_missed_recall`` / ``triage_max_flag_rate``); the
     test split is read once, here. Writes ``triage/risk_model.json`` (for ``radimpress draft``) and
     ``triage.json`` ``{"<system>": {"recall", "precision", "flag_rate", "threshold", ... , "curve"}, ...}``.
@@ -414,13 +415,22 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
     t0 = time.perf_counter()
     prior = triage.ReferencePrior().fit(run.train)
     cost = dict(run.triage_cost_s) | {"reference_prior_fit": time.perf_counter() - t0}
+    e = cfg.eval
+    pseudo = None
+    if e.triage_pseudo_k:
+        t0 = time.perf_counter()
+        try:
+            pseudo = triage.PseudoDraftModel.fit(run.train, k=e.triage_pseudo_k, folds=e.triage_folds,
+                                                 seed=cfg.run.seed, prior_c=prior.c)
+        except ValueError as exc:  # too few train reports, or pseudo-drafts all right / all wrong
+            log(f"triage: no pseudo-draft signal ({exc})")
+        cost["pseudo_draft_model_fit"] = time.perf_counter() - t0
     val = run.validate_decode["sft"].predictions
     val_drafts = [p["prediction"] for p in val]
     t1 = time.perf_counter()
     xv = triage.feature_table(run.validate_in_context, val_drafts, rows=val, prior=prior,
-                              candidates=run.candidates.get("validate:sft"))
+                              candidates=run.candidates.get("validate:sft"), pseudo=pseudo)
     labels = triage.error_labels([r["impression"] for r in run.validate_in_context], val_drafts)
-    e = cfg.eval
     model, fit = triage.fit_risk_model(
         xv, labels["significant"], labels["missed_abnormal"], recall=e.triage_recall,
         missed_recall=e.triage_missed_recall, max_flag_rate=e.triage_max_flag_rate, n_folds=e.triage_folds,
@@ -429,7 +439,8 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
               "n_train_prior": prior.n_train, "retrieval_k": cfg.sft.retrieval_k,
               "candidates": e.triage_candidates,
               "error_label": "a finding positive in the reference that the draft leaves out or negates, or a "
-                             "finding the draft states positive that the reference does not (our rule labeler)"})
+                             "finding the draft states positive that the reference does not (our rule labeler)"},
+        pseudo=pseudo)
     model.save(out_dir / artifacts.RISK_MODEL_FILE)
     abl = triage.ablation(xv, labels["significant"], labels["missed_abnormal"],
                           flag_rate=model.operating_point["flag_rate"], n_folds=e.triage_folds, seed=cfg.run.seed)
@@ -442,7 +453,8 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         mbr_val = [c.text for c in mbr_select(cfg, run.validate_in_context, val_drafts, run.train)]
         mbr_labels = triage.error_labels([r["impression"] for r in run.validate_in_context], mbr_val)
         out.models["sft_mbr"] = triage.recalibrated(
-            model, triage.feature_table(run.validate_in_context, mbr_val, prior=prior), mbr_labels["significant"],
+            model, triage.feature_table(run.validate_in_context, mbr_val, prior=prior, pseudo=pseudo),
+            mbr_labels["significant"],
             mbr_labels["missed_abnormal"], system="sft_mbr")
         out.models["sft_mbr"].save(out_dir / artifacts.risk_model_file("sft_mbr"))
         cost["sft_mbr_validate"] = time.perf_counter() - t3
@@ -454,7 +466,7 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         source = run.guards.get(name) or run.decode.get(name)
         rows = source.predictions if source is not None else None
         x = triage.feature_table(run.test_in_context, drafts, rows=rows, prior=prior, candidates=run.candidates.get(
-            name.removesuffix("_guarded")) if not name.endswith("_guarded") else None)
+            name.removesuffix("_guarded")) if not name.endswith("_guarded") else None, pseudo=pseudo)
         # as in radimpress draft: an empty or truncated draft needs review whatever its risk
         risk = np.where(triage.hard_flags(drafts, rows), 1.0, model.predict(x))
         lab = triage.error_labels(refs, drafts)
@@ -488,7 +500,8 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
                        "threshold": model.threshold, "operating_point": model.operating_point,
                        "c": fit.c, "cv_auc": fit.cv_auc, "n_validate": fit.n, "n_errors_validate": fit.n_errors,
                        "n_missed_abnormal_validate": fit.n_missed_abnormal,
-                       "coefficients": dict(zip(model.features, model.coef))},
+                       "coefficients": dict(zip(model.features, model.coef)),
+                       "pseudo_draft_model": pseudo.meta if pseudo is not None else None},
         "thresholds": {name: {"threshold": m.threshold, "validate": m.operating_point,
                               "path": artifacts.risk_model_file(name).as_posix()} for name, m in out.models.items()},
         "ablation": abl.to_dict(orient="records"),
