@@ -18,7 +18,8 @@ group selection and regularisation, ``--repeats`` shuffles of the folds):
 
 Inputs: notebook 02's SFT adapter of the run (``outputs/<model>/sft/adapter``) for the validate drafts
 (decoded once with token statistics, cached in ``.cache/bench/triage_levers/``), notebook 05's test drafts
-``outputs/<model>/predictions/sft.jsonl`` for the test read. Labels: our rule labeler (not CheXbert).
+``outputs/<model>/predictions/<system>.jsonl`` for the test read (every model system, as notebook 05 scores
+them). Labels: our rule labeler (not CheXbert).
 
 Usage::
 
@@ -51,9 +52,12 @@ from radimpress_lib.clinical.checks import TRIAGE_OBSERVATIONS  # noqa: E402
 from radimpress_lib.core import artifacts, config, paths  # noqa: E402
 from radimpress_lib.evaluation import triage  # noqa: E402
 from radimpress_lib.llm import checkpoints, generation, retrieval  # noqa: E402
+from radimpress_lib.notebook import evaluate  # noqa: E402
 
 PRIOR_CS = (0.5, 1.0, 2.0, 8.0, 16.0)
 PSEUDO_K = 3
+#: Notebook 05's model systems whose test drafts the chosen lever is scored on.
+TEST_SYSTEMS = ("sft", "sft_guarded", "sft_mbr", "fine_dpo", "fine_dpo_guarded", "fine_rl", "fine_rl_guarded")
 PRIOR_FINDING_SIGNALS = tuple(f"prior_missing:{o}" for o in TRIAGE_OBSERVATIONS) + tuple(
     f"prior_extra:{o}" for o in TRIAGE_OBSERVATIONS)
 _PRESENT = (labeler.POSITIVE, labeler.UNCERTAIN)
@@ -211,17 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     save()
 
     if not args.no_test:
-        # test, read once: notebook 05's SFT drafts (prompt context from train+validate, as 05 decoded them)
-        pool = train + validate
-        test = retrieval.with_prompt_context(cfg, list(dsd["test"]), pool)
-        pred_path = cfg.output_dir / "predictions" / "sft.jsonl"
-        by_id = {r["report_id"]: r for r in map(json.loads, pred_path.read_text(encoding="utf-8").splitlines())}
-        test_rows = [by_id[str(r["report_id"])] for r in test]
-        test_drafts = [r["prediction"] for r in test_rows]
-        tl = triage.error_labels([r["impression"] for r in test], test_drafts)
-        hard = triage.hard_flags(test_drafts, test_rows)
-        doc["test"] = {"n": len(test), "n_errors": int(tl["significant"].sum()),
-                       "n_missed_abnormal": int(tl["missed_abnormal"].sum()), "drafts": paths.portable_text(str(pred_path))}
+        # test, read once: notebook 05's drafts of each model system (prompt context from train+validate, as 05
+        # decoded them); the SFT model's threshold for all but sft_mbr, which gets its own (triage.recalibrated)
+        test = retrieval.with_prompt_context(cfg, list(dsd["test"]), train + validate)
+        doc["test"] = {"n": len(test), "drafts": "outputs/<model>/predictions/<system>.jsonl"}
         for name in dict.fromkeys(["current", best]):
             saved = triage.SIGNAL_GROUPS
             triage.SIGNAL_GROUPS = groups_of(name)
@@ -230,20 +227,39 @@ def main(argv: list[str] | None = None) -> int:
                     signals(name, val_records, drafts, rows), labels["significant"], labels["missed_abnormal"],
                     recall=e.triage_recall, missed_recall=e.triage_missed_recall, max_flag_rate=e.triage_max_flag_rate,
                     n_folds=e.triage_folds, seed=cfg.run.seed)
-                risk = np.where(hard, 1.0, model.predict(signals(name, test, test_drafts, test_rows)))
+                models = {"sft": model}
+                if name == best:
+                    mbr_val = [c.text for c in evaluate.mbr_select(cfg, val_records, drafts, train)]
+                    ml = triage.error_labels([r["impression"] for r in validate], mbr_val)
+                    models["sft_mbr"] = triage.recalibrated(model, signals(name, val_records, mbr_val, None),
+                                                            ml["significant"], ml["missed_abnormal"], system="sft_mbr")
+                doc["test"][name] = {}
+                for system in (TEST_SYSTEMS if name == best else ("sft",)):
+                    path = cfg.output_dir / "predictions" / f"{system}.jsonl"
+                    if not path.is_file():
+                        continue
+                    by_id = {r["report_id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+                    test_rows = [by_id[str(r["report_id"])] for r in test]
+                    texts = [r["prediction"] for r in test_rows]
+                    tl = triage.error_labels([r["impression"] for r in test], texts)
+                    own = models.get(system, model)
+                    risk = np.where(triage.hard_flags(texts, test_rows), 1.0,
+                                    own.predict(signals(name, test, texts, test_rows)))
+                    res = triage.triage_metrics(risk, tl["significant"], tl["missed_abnormal"], own.threshold,
+                                                n_boot=e.n_boot, seed=cfg.run.seed)
+                    y, m = np.asarray(tl["significant"], dtype=bool), np.asarray(tl["missed_abnormal"], dtype=bool)
+                    rate = np.array([e.triage_max_flag_rate])
+                    res["recall_at_budget"] = 100 * float(triage._recall_at_rate(risk, y, rate)[0])
+                    res["missed_recall_at_budget"] = 100 * float(triage._recall_at_rate(risk, m, rate)[0])
+                    res["threshold_from"] = f"validate drafts of {system if system in models else 'sft'}"
+                    doc["test"][name][system] = res
+                    print(f"test {name} {system}: recall {res['recall']:.1f} at flag rate {res['flag_rate']:.1f} "
+                          f"(threshold from validate), missed abnormal {res['missed_abnormal_recall']:.1f}; at exactly "
+                          f"{100 * rate[0]:.0f}% flagged: recall {res['recall_at_budget']:.1f}, missed abnormal "
+                          f"{res['missed_recall_at_budget']:.1f}; auc {res['auc']:.4f}", flush=True)
+                    save()
             finally:
                 triage.SIGNAL_GROUPS = saved
-            res = triage.triage_metrics(risk, tl["significant"], tl["missed_abnormal"], model.threshold,
-                                        n_boot=e.n_boot, seed=cfg.run.seed)
-            y, m = np.asarray(tl["significant"], dtype=bool), np.asarray(tl["missed_abnormal"], dtype=bool)
-            rate = np.array([e.triage_max_flag_rate])
-            res["recall_at_budget"] = 100 * float(triage._recall_at_rate(risk, y, rate)[0])
-            res["missed_recall_at_budget"] = 100 * float(triage._recall_at_rate(risk, m, rate)[0])
-            doc["test"][name] = res
-            print(f"test {name}: recall {res['recall']:.1f} at flag rate {res['flag_rate']:.1f} (threshold from "
-                  f"validate); at exactly {100 * rate[0]:.0f}% flagged: recall {res['recall_at_budget']:.1f}, "
-                  f"missed abnormal {res['missed_recall_at_budget']:.1f}; auc {res['auc']:.4f}", flush=True)
-            save()
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     return 0
