@@ -31,9 +31,11 @@ Writes ``bench/results/triage_levers.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +76,36 @@ def prior_finding_signals(probs: pd.DataFrame, drafts: list[str]) -> pd.DataFram
     return pd.DataFrame(rows, columns=list(PRIOR_FINDING_SIGNALS))
 
 
-def evaluate_lever(x: pd.DataFrame, labels: pd.DataFrame, groups: dict[str, tuple[str, ...]], *, budget: float,
-                   seeds: range, folds: int) -> dict[str, Any]:
-    """fit_risk_model's selection and cross-validation with these signal groups, averaged over fold seeds."""
+@contextlib.contextmanager
+def signal_groups(groups: dict[str, tuple[str, ...]]) -> Iterator[None]:
+    """triage's signal groups set to ``groups`` (a lever's extra signals) while the block runs."""
     saved = triage.SIGNAL_GROUPS
     triage.SIGNAL_GROUPS = groups
     try:
-        runs = []
+        yield
+    finally:
+        triage.SIGNAL_GROUPS = saved
+
+
+def at_budget(scores: np.ndarray, labels: pd.DataFrame, budget: float) -> dict[str, float]:
+    """Recall of erroneous drafts and of drafts missing an abnormal finding when the top ``budget`` share is flagged."""
+    rate = np.array([budget])
+    return {f"{key}_at_budget": 100 * float(triage._recall_at_rate(scores, labels[col].to_numpy(dtype=bool), rate)[0])
+            for key, col in (("recall", "significant"), ("missed_recall", "missed_abnormal"))}
+
+
+def evaluate_lever(x: pd.DataFrame, labels: pd.DataFrame, groups: dict[str, tuple[str, ...]], *, budget: float,
+                   seeds: range, folds: int) -> dict[str, Any]:
+    """fit_risk_model's selection and cross-validation with these signal groups, averaged over fold seeds."""
+    runs = []
+    with signal_groups(groups):
         for seed in seeds:
             _model, fit = triage.fit_risk_model(x, labels["significant"], labels["missed_abnormal"],
                                                 max_flag_rate=budget, n_folds=folds, seed=seed)
             y = np.asarray(labels["significant"], dtype=bool)
-            m = np.asarray(labels["missed_abnormal"], dtype=bool)
-            rate = np.array([budget])
             runs.append({"seed": seed, "groups": fit.groups, "c": fit.c, "auc": triage._roc_auc(y, fit.oof_scores),
-                         "recall_at_budget": 100 * float(triage._recall_at_rate(fit.oof_scores, y, rate)[0]),
-                         "missed_recall_at_budget": 100 * float(triage._recall_at_rate(fit.oof_scores, m, rate)[0]),
+                         **at_budget(fit.oof_scores, labels, budget),
                          "flag_rate_for_targets": 100 * fit.operating_point["flag_rate_for_targets"]})
-    finally:
-        triage.SIGNAL_GROUPS = saved
     mean = {k: float(np.mean([r[k] for r in runs])) for k in ("auc", "recall_at_budget", "missed_recall_at_budget",
                                                                 "flag_rate_for_targets")}
     return {**mean, "recall_sd": float(np.std([r["recall_at_budget"] for r in runs])), "runs": runs}
@@ -101,13 +114,9 @@ def evaluate_lever(x: pd.DataFrame, labels: pd.DataFrame, groups: dict[str, tupl
 def unflagged_errors(x: pd.DataFrame, labels: pd.DataFrame, groups: dict[str, tuple[str, ...]], budget: float,
                      folds: int, seed: int) -> dict[str, Any]:
     """What the erroneous validate drafts outside the budget's top share (out-of-fold risk) got wrong."""
-    saved = triage.SIGNAL_GROUPS
-    triage.SIGNAL_GROUPS = groups
-    try:
+    with signal_groups(groups):
         _model, fit = triage.fit_risk_model(x, labels["significant"], labels["missed_abnormal"],
                                             max_flag_rate=budget, n_folds=folds, seed=seed)
-    finally:
-        triage.SIGNAL_GROUPS = saved
     s = fit.oof_scores
     cut = np.sort(s)[::-1][int(np.ceil(budget * len(s))) - 1]
     out: dict[str, Any] = {"n": 0, "missed": {}, "negated": {}, "unsupported": {}}
@@ -220,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         test = retrieval.with_prompt_context(cfg, list(dsd["test"]), train + validate)
         doc["test"] = {"n": len(test), "drafts": "outputs/<model>/predictions/<system>.jsonl"}
         for name in dict.fromkeys(["current", best]):
-            saved = triage.SIGNAL_GROUPS
-            triage.SIGNAL_GROUPS = groups_of(name)
-            try:
+            with signal_groups(groups_of(name)):
                 model, _fit = triage.fit_risk_model(
                     signals(name, val_records, drafts, rows), labels["significant"], labels["missed_abnormal"],
                     recall=e.triage_recall, missed_recall=e.triage_missed_recall, max_flag_rate=e.triage_max_flag_rate,
@@ -247,19 +254,14 @@ def main(argv: list[str] | None = None) -> int:
                                     own.predict(signals(name, test, texts, test_rows)))
                     res = triage.triage_metrics(risk, tl["significant"], tl["missed_abnormal"], own.threshold,
                                                 n_boot=e.n_boot, seed=cfg.run.seed)
-                    y, m = np.asarray(tl["significant"], dtype=bool), np.asarray(tl["missed_abnormal"], dtype=bool)
-                    rate = np.array([e.triage_max_flag_rate])
-                    res["recall_at_budget"] = 100 * float(triage._recall_at_rate(risk, y, rate)[0])
-                    res["missed_recall_at_budget"] = 100 * float(triage._recall_at_rate(risk, m, rate)[0])
+                    res |= at_budget(risk, tl, e.triage_max_flag_rate)
                     res["threshold_from"] = f"validate drafts of {system if system in models else 'sft'}"
                     doc["test"][name][system] = res
                     print(f"test {name} {system}: recall {res['recall']:.1f} at flag rate {res['flag_rate']:.1f} "
                           f"(threshold from validate), missed abnormal {res['missed_abnormal_recall']:.1f}; at exactly "
-                          f"{100 * rate[0]:.0f}% flagged: recall {res['recall_at_budget']:.1f}, missed abnormal "
-                          f"{res['missed_recall_at_budget']:.1f}; auc {res['auc']:.4f}", flush=True)
+                          f"{100 * e.triage_max_flag_rate:.0f}% flagged: recall {res['recall_at_budget']:.1f}, missed "
+                          f"abnormal {res['missed_recall_at_budget']:.1f}; auc {res['auc']:.4f}", flush=True)
                     save()
-            finally:
-                triage.SIGNAL_GROUPS = saved
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     return 0

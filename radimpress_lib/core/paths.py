@@ -29,8 +29,8 @@ def shared_data_dir(root: Path | None = None) -> Path:
 
 def _roots(data_root: str | os.PathLike[str] | None) -> list[tuple[str, str]]:
     roots: list[tuple[str, str]] = []
-    shared = shared_data_dir() if shared_data_dir().is_dir() else None
-    for folder in (data_root, os.environ.get("RADIMPRESS_DATA") or None, shared):
+    shared = shared_data_dir()
+    for folder in (data_root, os.environ.get("RADIMPRESS_DATA") or None, shared if shared.is_dir() else None):
         if folder:
             resolved = str(Path(folder).expanduser().resolve())
             roots += [(resolved + os.sep, "$RADIMPRESS_DATA/"), (resolved, "$RADIMPRESS_DATA")]
