@@ -144,6 +144,9 @@ def test_chain_runs_on_ci_tiny(tmp_path):
         assert {"recall", "recall_ci", "precision", "flag_rate", "flag_rate_ci", "threshold", "missed_abnormal_recall",
                 "auc", "rules_default", "rules_omissions", "curve"} <= set(t)
         assert 0 <= t["flag_rate"] <= 100 and t["n"] == 16 and len(t["curve"]["recall"]) == 101
+        # the worklist operating point: the riskiest 30% of the 16 test drafts, 4 of them
+        assert t["worklist"]["budget"] == 0.3 and t["worklist"]["n_flagged"] == 4
+        assert t["worklist"]["flag_rate"] == pytest.approx(25.0)
     assert "not CheXbert" in triage["labeler"] and triage["risk_model"]["n_validate"] == 16
     risk_model = RiskModel.load(out / RISK_MODEL_FILE)
     assert risk_model.threshold == triage["sft"]["threshold"] and risk_model.curve["flag_rate"]

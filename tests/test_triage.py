@@ -263,6 +263,25 @@ def test_triage_metrics_with_bootstrap_cis_on_a_synthetic_set():
     assert curve.loc[curve["flag_rate"].round() == 20, "recall"].iloc[0] == pytest.approx(75.0)
 
 
+def test_worklist_flags_spend_the_budget_on_the_riskiest_drafts_of_the_worklist():
+    risk = [0.1, 0.9, 0.5, 0.5, 0.2, 0.05, 0.3, 0.5, 0.0, 0.7]
+    flagged = triage.worklist_flags(risk, 0.3)
+    assert flagged.tolist() == [False, True, True, False, False, False, False, False, False, True]  # ties: input order
+    assert triage.worklist_flags(risk, 1.0).all() and triage.worklist_flags(risk, 0.05).sum() == 1  # at least one
+    assert triage.worklist_flags(risk[:3], 0.3).tolist() == [False, True, False]
+    assert triage.worklist_flags([], 0.3).tolist() == []
+    with pytest.raises(ValueError, match="share of drafts"):
+        triage.worklist_flags(risk, 0.0)
+    # scored with the flags held fixed: a fixed threshold of 0.6 flags 20% of this low-risk worklist, the budget 30%
+    y = np.array([0, 1, 1, 0, 0, 0, 0, 1, 0, 1], dtype=bool)
+    at_threshold = triage.triage_metrics(risk, y, y, 0.6, n_boot=50, seed=0)
+    out = triage.triage_metrics(risk, y, y, None, flagged=flagged, n_boot=50, seed=0)
+    assert at_threshold["recall"] == pytest.approx(50.0) and out["recall"] == pytest.approx(75.0)
+    assert out["flag_rate"] == pytest.approx(30.0) and out["threshold"] is None and out["n_flagged"] == 3
+    with pytest.raises(ValueError, match="either a threshold or the flagged drafts"):
+        triage.triage_metrics(risk, y, y, 0.6, flagged=flagged)
+
+
 def test_triage_table_of_a_system_without_erroneous_drafts():
     """A system whose test drafts have no significant error has no recall: the table and take-away say n/a."""
     from radimpress_lib.notebook.evaluate import TriageRun
@@ -404,6 +423,35 @@ def test_cli_uses_the_saved_risk_model(cli_run, tmp_path, capsys):
     assert [r["kind"] for r in rows["ok"]["review_reasons"]] == ["review_risk"]
     rc, rows = cli_run("--risk-model", str(path), "--review-budget", "0.01")
     assert rc == 0 and not rows["ok"]["needs_review"]
+
+
+def test_cli_worklist_budget_flags_the_riskiest_share_of_the_run(cli_run, tmp_path, capsys):
+    path = _hand_model(tmp_path)
+    rc, rows = cli_run("--risk-model", str(path), "--worklist-budget", "0.67")  # 2 of the 3 drafts
+    assert rc == 0
+    eff, ok, ct = rows["eff"], rows["ok"], rows["ct"]
+    # the out-of-scope report is flagged whatever its risk and counts against the budget; then the riskiest
+    assert ct["needs_review"] and ct["review_reasons"][0]["kind"] == "out_of_scope"
+    assert eff["needs_review"] and not ok["needs_review"] and ok["review_reasons"] == []
+    risk_reason = [r for r in eff["review_reasons"] if r["kind"] == "review_risk"]
+    assert len(risk_reason) == 1 and "among the riskiest 67% of this worklist" in risk_reason[0]["message"]
+    assert "_worklist" not in eff and eff["review_reasons"][0]["kind"] == "omitted"
+    err = capsys.readouterr().err
+    assert "flags the riskiest 67% of this worklist" in err and "the riskiest 2 of 3 drafts flagged" in err
+    assert "3 drafts (2 need review" in err
+    # a budget below one draft still flags the riskiest: the out-of-scope report, ranked first; not the effusion draft
+    rc, rows = cli_run("--risk-model", str(path), "--worklist-budget", "0.1")
+    assert rc == 0 and not rows["eff"]["needs_review"] and rows["ct"]["needs_review"]
+    assert "review_risk" in {r["kind"] for r in rows["ct"]["review_reasons"]}
+    # the flag rate set two ways, or without a risk model, is refused naming the options
+    rc, _ = cli_run("--risk-model", str(path), "--worklist-budget", "0.3", "--review-budget", "0.3")
+    assert rc == 2 and "give one" in capsys.readouterr().err
+    rc, _ = cli_run("--risk-model", "none", "--worklist-budget", "0.3")
+    assert rc == 2 and "--worklist-budget needs a risk model" in capsys.readouterr().err
+    rc, _ = cli_run("--worklist-budget", "0.3")  # the default model is absent
+    assert rc == 2 and "--worklist-budget needs it" in capsys.readouterr().err
+    rc, _ = cli_run("--worklist-budget", "2")
+    assert rc == 2 and "--worklist-budget must be a share" in capsys.readouterr().err
 
 
 def test_cli_risk_model_missing_or_bad(cli_run, tmp_path, capsys):

@@ -20,7 +20,7 @@ Design:
 * **streaming, constant memory**: :func:`iter_reports` is a generator that reads one line
   (JSONL) or one CSV row at a time with a bounded line length; :func:`draft_stream` takes
   ``batch_size`` reports, drafts them, writes their rows, then reads on. Memory is one batch
-  plus the model, whatever the file size.
+  plus the model, whatever the file size (except with ``--worklist-budget``, below).
 * **strict input, true lines**: CSV is parsed strictly (:mod:`radimpress_lib.data.csvfile`: an
   unbalanced quote is reported, never folds the next rows into one report); a UTF-8 byte-order
   mark is dropped; every message names the file line a row starts on. ``--columns`` maps the
@@ -47,7 +47,11 @@ Design:
   05, with ``--select mbr`` ``risk_model_sft_mbr.json``, the same weights thresholded on ``sft_mbr``'s
   validate drafts; :class:`radimpress_lib.evaluation.triage.DraftTriage`), and ``needs_review`` when the risk
   reaches the model's operating threshold (or the threshold for ``--review-budget``, a share of
-  drafts), or the study is out of scope, the draft empty or cut at the token limit.
+  validate drafts), or the study is out of scope, the draft empty or cut at the token limit. With
+  ``--worklist-budget SHARE`` (``draft.worklist_budget``) the riskiest SHARE of the run's own drafts
+  is flagged instead (:func:`apply_worklist_budget`): the flag rate is the budget whatever the worklist's
+  risks, where a validate threshold flags fewer drafts of a worklist less risky than validate; rows are
+  then written once the whole input is drafted (memory: the rows, at most ``--max-reports``).
   ``review_reasons`` lists ``{kind, message, severity}`` for each reason, most severe first
   (:data:`radimpress_lib.clinical.checks.REASON_SEVERITY`: out of scope / empty, negation flips,
   omitted findings, unsupported findings, truncation, the risk itself with the findings impressions
@@ -598,6 +602,7 @@ def draft_stream(
         raise ValueError(f"limit must be positive, got {limit}")
     if out_of_scope not in ("flag", "refuse"):
         raise ValueError(f"out_of_scope must be 'flag' or 'refuse', got {out_of_scope!r}")
+    deferred = getattr(triage, "worklist_budget", None) is not None
     summary = summary or DraftSummary()
     source = itertools.islice(inputs, limit) if limit is not None else inputs
     t0 = time.perf_counter()
@@ -620,12 +625,17 @@ def draft_stream(
             else:  # review-risk model: hard reasons always, the rest when the risk reaches the threshold
                 hard = review_reasons(item.record, text, [], stopped=out.get("stopped"),
                                       n_new_tokens=out.get("n_new_tokens"), scope=scope)
-                reasons = order_reasons(hard + risk["reasons"]) if hard or risk["flag"] else []
+                if deferred:  # a worklist budget: apply_worklist_budget adds the risk reasons of the riskiest drafts
+                    reasons = order_reasons(hard)
+                else:
+                    reasons = order_reasons(hard + risk["reasons"]) if hard or risk["flag"] else []
             row = {"report_id": item.record["report_id"], "radiologist_id": item.record.get("radiologist_id"),
                    "source": item.location, "draft": text, "flags": flags, "n_flags": len(flags),
                    "risk": None if risk is None else risk["risk"],
                    "needs_review": bool(reasons), "review_reasons": reasons,
                    **{k: v for k, v in out.items() if k != "draft" and not k.startswith("_")}, **(extra or {})}
+            if deferred:
+                row["_worklist"] = {"hard": hard, "risk": risk["reasons"]}
             write(row)
             summary.n_drafted += 1
             summary.n_flags += len(flags)
@@ -647,6 +657,30 @@ def draft_stream(
                      f"{summary.reports_per_s:.2f} reports/s | {summary.n_needs_review} need review")
     summary.wall_time_s = time.perf_counter() - t0
     return summary
+
+
+def apply_worklist_budget(rows: Sequence[dict[str, Any]], budget: float, summary: DraftSummary | None = None) -> int:
+    """Flag the riskiest ``budget`` share of a worklist's ``rows`` (written by :func:`draft_stream` with a
+    worklist-budget triage); returns how many were picked.
+
+    The picked rows (:func:`radimpress_lib.evaluation.triage.worklist_flags`; a row with a hard reason ranks
+    first and counts against the budget, as notebook 05 scores it) get their risk reasons; every row keeps
+    its hard reasons. ``summary``'s review counts are brought up to date.
+    """
+    from radimpress_lib.evaluation.triage import worklist_flags  # pandas/scikit-learn: only with a risk model
+
+    pending = [row.pop("_worklist") for row in rows]
+    picked = worklist_flags([(row["risk"] or 0.0) + (1.0 if p["hard"] else 0.0) for row, p in zip(rows, pending)],
+                            budget)
+    for row, p, pick in zip(rows, pending, picked):
+        if not pick:
+            continue
+        row["review_reasons"] = order_reasons(p["hard"] + p["risk"])
+        if summary is not None:
+            summary.n_needs_review += not row["needs_review"]
+            summary.reasons_by_kind.update(r["kind"] for r in p["risk"])
+        row["needs_review"] = True
+    return int(picked.sum())
 
 
 def _assess(triage: Any, batch: Sequence[DraftInput], drafts: Sequence[Mapping[str, Any]]) -> list[Any]:
@@ -787,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--review-budget", type=float, default=None, metavar="SHARE",
                    help="share of drafts to flag for review, e.g. 0.2: the risk threshold that flags that share of "
                         "validate drafts (default draft.review_budget, else the risk model's operating threshold)")
+    d.add_argument("--worklist-budget", type=float, default=None, metavar="SHARE",
+                   help="share of this run's drafts to flag for review, e.g. 0.3: the riskiest SHARE of the worklist "
+                        "(rounded down, at least one), whatever its risks; rows are written once all are drafted "
+                        "(default draft.worklist_budget)")
     d.add_argument("--select", choices=["mbr", "draft"], default=None,
                    help="with the run's fine-tuned model: 'mbr' writes the MBR choice among its draft and the "
                         "impressions of similar train+validate reports (notebook 05's sft_mbr), 'draft' the greedy "
@@ -814,8 +852,13 @@ def run_draft(args: argparse.Namespace, *, stdin: IO[bytes] | None = None, stdou
         _positive(name.replace("_", "-"), getattr(args, name))
     if args.guard == 1 or args.guard < 0:
         raise InputError(f"--guard must be 0 (off) or at least 2 beam candidates, got {args.guard}")
-    if args.review_budget is not None and not 0 < args.review_budget <= 1:
-        raise InputError(f"--review-budget must be a share of drafts in (0, 1], e.g. 0.2, got {args.review_budget}")
+    for name in ("review_budget", "worklist_budget"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value <= 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a share of drafts in (0, 1], e.g. 0.3, got {value}")
+    if args.review_budget is not None and args.worklist_budget is not None:
+        raise InputError("--review-budget (a threshold from validate risks) and --worklist-budget (the riskiest share "
+                         "of this worklist) set the flag rate two ways: give one")
     columns = parse_columns(args.columns)
     to_file = args.output not in (None, "-")
     if to_file and args.input not in (None, "-") and _same_file(args.output, args.input):
@@ -872,6 +915,14 @@ def _selection(args: argparse.Namespace, params: Any) -> str:
     return "mbr" if select == "mbr" and params.eval.mbr_k and not base else "draft"
 
 
+def _budgets(args: argparse.Namespace, params: Any) -> tuple[float | None, float | None]:
+    """``(review budget, worklist budget)``: the command line's, else the params' (a worklist budget wins)."""
+    if args.review_budget is not None:
+        return args.review_budget, None
+    worklist = args.worklist_budget if args.worklist_budget is not None else params.draft.worklist_budget
+    return (None if worklist is not None else params.draft.review_budget), worklist
+
+
 def _risk_model_path(args: argparse.Namespace, params: Any, select: str = "draft") -> Path | None:
     """The risk model to use, None for rule flags; an explicit path that is missing is an :class:`InputError`.
 
@@ -879,16 +930,18 @@ def _risk_model_path(args: argparse.Namespace, params: Any, select: str = "draft
     a review budget was asked for, which needs the model. With ``select == "mbr"`` the default is the
     model thresholded on ``sft_mbr``'s validate drafts (``risk_model_sft_mbr.json`` beside it).
     """
-    budget = args.review_budget if args.review_budget is not None else params.draft.review_budget
+    budget, worklist = _budgets(args, params)
     if args.risk_model is not None and args.risk_model.lower() == "none":
-        if args.review_budget is not None:
-            raise InputError("--review-budget needs a risk model; drop --risk-model none")
+        for name in ("review_budget", "worklist_budget"):
+            if getattr(args, name) is not None:
+                raise InputError(f"--{name.replace('_', '-')} needs a risk model; drop --risk-model none")
         return None
     path = Path(args.risk_model) if args.risk_model is not None else _default_risk_model(params, select)
     if not path.is_file():
-        if args.risk_model is not None or budget is not None:
+        if args.risk_model is not None or budget is not None or worklist is not None:
             raise InputError(f"{path}: no review-risk model (notebook 05 writes it: make reproduce NOTEBOOKS=05); "
-                             + ("--review-budget needs it" if budget is not None else "check --risk-model"))
+                             + ("--review-budget needs it" if budget is not None else
+                                "--worklist-budget needs it" if worklist is not None else "check --risk-model"))
         return None
     return path
 
@@ -905,9 +958,9 @@ def _load_triage(params: Any, path: Path | None, args: argparse.Namespace, progr
         return None
     from radimpress_lib.evaluation.triage import DraftTriage  # pandas/scikit-learn: only when drafting
 
-    budget = args.review_budget if args.review_budget is not None else params.draft.review_budget
+    budget, worklist = _budgets(args, params)
     try:
-        triage = DraftTriage.for_run(params, path, budget=budget)
+        triage = DraftTriage.for_run(params, path, budget=budget, worklist_budget=worklist)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if progress:
@@ -951,14 +1004,26 @@ def _draft_all(args: argparse.Namespace, params: Any, inputs: Iterable[DraftInpu
                  f"scope {scope.describe()} (out-of-scope reports {'refused' if out_of_scope == 'refuse' else 'flagged'})"
                  + (f"; factual guard: {args.guard} beam candidates" if args.guard else ""))
 
+    worklist: list[dict[str, Any]] | None = [] if triage is not None and triage.worklist_budget is not None else None
+
     def write(row: dict[str, Any]) -> None:
-        out_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if worklist is not None:  # held until every risk of the worklist is known
+            worklist.append(row)
+        else:
+            out_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     summary = DraftSummary(skipped=skipped, triage="risk model" if triage is not None else "rules")
     draft_stream(inputs, drafter, checkers, write, batch_size=batch_size, limit=args.limit,
                  progress=(lambda line: (out_fh.flush(), progress(line))) if progress else None,
                  extra={"model": model_info["model"], "adapter": model_info["adapter"]}, summary=summary,
                  scope=scope, out_of_scope=out_of_scope, triage=triage)
+    if worklist is not None:
+        picked = apply_worklist_budget(worklist, triage.worklist_budget, summary)
+        if progress:
+            progress(f"draft: worklist budget {triage.worklist_budget:g}: the riskiest {picked} of {len(worklist)} "
+                     "drafts flagged for review by risk")
+        for row in worklist:
+            out_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     out_fh.flush()
     if progress:
         progress(f"draft: done, {summary.n_drafted} drafts ({summary.n_needs_review} need review by "

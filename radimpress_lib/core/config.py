@@ -297,6 +297,11 @@ class DraftStageConfig(_Stage):
     review_budget: float | None = Field(
         None, gt=0, le=1, description="share of drafts to flag for review (threshold from the risk model's validate "
         "risks); None: the risk model's operating threshold chosen in notebook 05; --review-budget")
+    worklist_budget: float | None = Field(
+        None, gt=0, le=1, description="flag the riskiest share of each run's drafts (its worklist; rounded down, at "
+        "least one) instead of a risk threshold: the flag rate is this share whatever the worklist's risks (notebook "
+        "05's triage.json 'worklist' figures); rows are written once all are drafted; wins over review_budget; "
+        "--worklist-budget")
     select: Literal["mbr", "draft"] = Field(
         "mbr", description="the fine-tuned model's impression: 'mbr' selects among its draft and the impressions of "
         "the eval.mbr_k most similar train+validate reports as notebook 05's sft_mbr (eval.mbr_*; review threshold "

@@ -77,6 +77,7 @@ __all__ = [
     "RiskModel",
     "choose_operating_point",
     "error_label",
+    "worklist_flags",
     "error_labels",
     "feature_table",
     "fit_risk_model",
@@ -705,23 +706,45 @@ def _point(flagged: np.ndarray, y: np.ndarray, m: np.ndarray, w: np.ndarray) -> 
                 "missed_abnormal_recall": (w @ (f * m)) / (w @ m.astype(np.float64))}
 
 
-def triage_metrics(scores: Sequence[float], y: Sequence[bool], missed: Sequence[bool], threshold: float, *,
-                   n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+def worklist_flags(risk: Sequence[float], budget: float) -> np.ndarray:
+    """The riskiest ``floor(budget * n)`` of a worklist's ``n`` drafts, at least one (``--worklist-budget``).
+
+    A reading session's budget spent on its own drafts: whatever their risks are, the share flagged is
+    spent in full and never exceeds ``budget`` (rounded down; a worklist shorter than ``1 / budget``
+    still gets its riskiest draft flagged), where a fixed threshold flags fewer drafts of a worklist that
+    is less risky than the validate drafts it was chosen on. Equal risks keep input order.
+    """
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"worklist budget must be a share of drafts in (0, 1], got {budget}")
+    r = np.asarray(risk, dtype=np.float64)
+    k = max(1, math.floor(budget * len(r) + 1e-9)) if len(r) else 0
+    flagged = np.zeros(len(r), dtype=bool)
+    flagged[np.argsort(-r, kind="stable")[:k]] = True
+    return flagged
+
+
+def triage_metrics(scores: Sequence[float], y: Sequence[bool], missed: Sequence[bool], threshold: float | None, *,
+                   flagged: Sequence[bool] | None = None, n_boot: int = 1000, seed: int = 0,
+                   ci: float = 0.95) -> dict[str, Any]:
     """Recall, precision, flag rate, missed-abnormal recall at ``threshold`` and ROC AUC, with bootstrap CIs.
 
-    Percentages (0-100) except ``auc`` and ``threshold``; ``<metric>_ci`` are percentile intervals of
-    ``n_boot`` resamples of the drafts (``numpy.random.default_rng(seed)``).
+    ``flagged``: the drafts flagged, when not ``scores >= threshold`` (a worklist budget,
+    :func:`worklist_flags`; ``threshold`` is then None). Percentages (0-100) except ``auc`` and
+    ``threshold``; ``<metric>_ci`` are percentile intervals of ``n_boot`` resamples of the drafts
+    (``numpy.random.default_rng(seed)``), the flags held fixed.
     """
     s = np.asarray(scores, dtype=np.float64)
     y, m = np.asarray(y, dtype=bool), np.asarray(missed, dtype=bool)
-    flagged = s >= threshold
+    if (flagged is None) == (threshold is None):
+        raise ValueError("give either a threshold or the flagged drafts")
+    flagged = s >= threshold if flagged is None else np.asarray(flagged, dtype=bool)
     point = _point(flagged, y, m, np.ones((1, len(s))))
     idx = bootstrap_indices(len(s), n_boot, seed)
     w = np.zeros((n_boot, len(s)))
     np.add.at(w, (np.repeat(np.arange(n_boot), len(s)), idx.ravel()), 1.0)
     boot = _point(flagged, y, m, w)
     alpha = (1.0 - ci) / 2.0
-    out: dict[str, Any] = {"threshold": float(threshold), "n": int(len(s)), "n_errors": int(y.sum()),
+    out: dict[str, Any] = {"threshold": None if threshold is None else float(threshold), "n": int(len(s)), "n_errors": int(y.sum()),
                            "n_missed_abnormal": int(m.sum()), "n_flagged": int(flagged.sum())}
     for k in ("recall", "precision", "flag_rate", "missed_abnormal_recall"):
         v = float(point[k][0])
@@ -856,17 +879,24 @@ class DraftTriage:
     the run's train split (as the notebook fitted it; only when the model weights prior signals, or a
     pseudo-draft model that reads them);
     ``threshold``: the model's operating threshold, or the one for a review budget
-    (:meth:`RiskModel.threshold_for_budget`).
+    (:meth:`RiskModel.threshold_for_budget`);
+    ``worklist_budget``: flag the riskiest share of the whole worklist instead (:func:`worklist_flags`): then
+    :meth:`assess` gives every draft its risk reasons (``flag`` True) and the caller keeps them only for the
+    drafts :func:`worklist_flags` picks once all risks are known (``radimpress draft --worklist-budget``).
     """
 
     def __init__(self, model: RiskModel, prior: ReferencePrior | None, *, threshold: float | None = None,
-                 source: str = "") -> None:
+                 source: str = "", worklist_budget: float | None = None) -> None:
+        if worklist_budget is not None and not 0.0 < worklist_budget <= 1.0:
+            raise ValueError(f"worklist budget must be a share of drafts in (0, 1], got {worklist_budget}")
         self.model, self.prior = model, prior
         self.threshold = model.threshold if threshold is None else float(threshold)
         self.source = source
+        self.worklist_budget = worklist_budget
 
     @classmethod
-    def for_run(cls, params: Any, path: str | Path, *, budget: float | None = None) -> DraftTriage:
+    def for_run(cls, params: Any, path: str | Path, *, budget: float | None = None,
+                worklist_budget: float | None = None) -> DraftTriage:
         """Load ``path`` (FileNotFoundError naming it when absent) and refit the prior on the run's train split."""
         path = Path(path)
         if not path.is_file():
@@ -882,9 +912,16 @@ class DraftTriage:
             dsd, _info = load_data(params)
             prior = ReferencePrior().fit(list(dsd["train"]))
         threshold = model.threshold_for_budget(budget) if budget is not None else None
-        return cls(model, prior, threshold=threshold, source=str(path))
+        return cls(model, prior, threshold=threshold, source=str(path), worklist_budget=worklist_budget)
 
     def describe(self) -> str:
+        if self.worklist_budget is not None:
+            expected = self.model.expected_recall(self.worklist_budget)
+            return (f"review triage: risk model {self.source} (fitted on {self.model.meta.get('n_validate', '?')} "
+                    f"validate drafts), flags the riskiest {100 * self.worklist_budget:g}% of this worklist's drafts "
+                    "(rows are written when all are drafted)"
+                    + (f", validate recall ~{100 * expected:.0f}% of drafts with a significant error at that share"
+                       if expected is not None else ""))
         op = self.model.operating_point
         share = np.mean(np.asarray(self.model.quantiles) >= self.threshold) if self.model.quantiles else None
         expected = self.model.expected_recall(float(share)) if share is not None else None
@@ -897,13 +934,13 @@ class DraftTriage:
 
     def assess(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str],
                rows: Sequence[Mapping[str, Any] | None] | None = None) -> list[dict[str, Any]]:
-        """Per draft: ``risk``, ``flag`` (risk >= threshold) and the ``reasons`` behind it (kind, message)."""
+        """Per draft: ``risk``, ``flag`` (risk >= threshold; always, with a worklist budget) and the ``reasons``."""
         probs = self.prior.predict([r.get("findings") or "" for r in records]) if self.prior is not None else None
         x = feature_table(records, drafts, rows=rows, prior_probs=probs, pseudo=self.model.pseudo_model())
         risk = self.model.predict(x)
         out = []
         for i, (rec, draft) in enumerate(zip(records, drafts)):
-            flag = bool(risk[i] >= self.threshold)
+            flag = self.worklist_budget is not None or bool(risk[i] >= self.threshold)
             reasons: list[dict[str, Any]] = []
             if flag:
                 reasons.append({"kind": "review_risk", "message": self._message(float(risk[i]), draft,
@@ -913,7 +950,8 @@ class DraftTriage:
         return out
 
     def _message(self, risk: float, draft: str, probs: Mapping[str, float] | None) -> str:
-        text = f"review risk {risk:.2f} >= threshold {self.threshold:.2f}"
+        text = (f"review risk {risk:.2f}, among the riskiest {100 * self.worklist_budget:g}% of this worklist"
+                if self.worklist_budget is not None else f"review risk {risk:.2f} >= threshold {self.threshold:.2f}")
         if probs is None:
             return text
         lab = labeler.label_report(draft)

@@ -335,6 +335,10 @@ class TriageRun:
                              ("missed_abnormal_recall", "missed-abnormal recall %")):
                 row[label] = _fmt({name: r}, name, k)
             row["AUC"] = _fmt({name: r}, name, "auc", 3)
+            if r.get("worklist"):
+                w = r["worklist"]
+                row[f"riskiest {100 * w['budget']:g}% of the worklist: recall / missed-abnormal %"] = (
+                    f"{_fmt({name: w}, name, 'recall')} / {_number(w['missed_abnormal_recall'])}")
             for kind, label in (("rules_default", "CLI rules: recall / flag %"),
                                 ("rules_omissions", "--flag-omissions: recall / flag %")):
                 rr = r[kind]  # recall is None where the system has no erroneous draft
@@ -379,7 +383,16 @@ class TriageRun:
                 f"of drafts, catching {_fmt({'x': r}, 'x', 'recall')}% of the drafts with a significant error and "
                 f"{_fmt({'x': r}, 'x', 'missed_abnormal_recall')}% of those missing an abnormal finding (CLI rule flags: "
                 f"{_number(r['rules_default']['recall'], 0)}% at {_number(r['rules_default']['flag_rate'])}% flagged; "
-                "our labeler).")
+                "our labeler)" + self._worklist_line(r) + ".")
+
+    @staticmethod
+    def _worklist_line(r: Mapping[str, Any]) -> str:
+        w = r.get("worklist")
+        if not w:
+            return ""
+        return (f"; flagging the riskiest {100 * w['budget']:g}% of the test worklist instead (`radimpress draft "
+                f"--worklist-budget {w['budget']:g}`) catches {_fmt({'x': w}, 'x', 'recall')}% and "
+                f"{_fmt({'x': w}, 'x', 'missed_abnormal_recall')}%")
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -474,6 +487,12 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         res = triage.triage_metrics(risk, lab["significant"], lab["missed_abnormal"], own.threshold,
                                     n_boot=e.n_boot, seed=cfg.run.seed)
         res["threshold_from"] = f"validate drafts of {name if name in out.models else 'sft'}"
+        # the other operating point: the riskiest share of the test worklist (radimpress draft --worklist-budget)
+        w = triage.triage_metrics(risk, lab["significant"], lab["missed_abnormal"], None, n_boot=e.n_boot,
+                                  flagged=triage.worklist_flags(risk, e.triage_max_flag_rate), seed=cfg.run.seed)
+        res["worklist"] = {"budget": e.triage_max_flag_rate, **{k: w[k] for k in (
+            "n_flagged", "recall", "recall_ci", "precision", "precision_ci", "flag_rate", "missed_abnormal_recall",
+            "missed_abnormal_recall_ci")}}
         rules = triage.rule_flags(run.test, drafts, rows)
         for kind in ("default", "omissions"):
             r = triage.triage_metrics(rules[kind].to_numpy(dtype=float), lab["significant"], lab["missed_abnormal"],
@@ -490,7 +509,8 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         res["risk_model"] = "sft validate drafts" + ("" if name == "sft" else " (applied to this system)")
         out.results[name] = res
         cli_rules = res["rules_default"]  # recall is None where the system has no erroneous draft
-        log(f"triage {name}: recall {_number(res['recall'])}% at flag rate {_number(res['flag_rate'])}% "
+        log(f"triage {name}: recall {_number(res['recall'])}% at flag rate {_number(res['flag_rate'])}%; riskiest "
+            f"{_number(res['worklist']['flag_rate'])}% of the worklist {_number(res['worklist']['recall'])}% "
             f"(CLI rules {_number(cli_rules['recall'])}% at {_number(cli_rules['flag_rate'])}%)")
     cost["test_signals_and_bootstrap"] = time.perf_counter() - t2
     out.cost_s = {k: round(v, 1) for k, v in cost.items()}
