@@ -14,7 +14,7 @@ the end. The last point is always a complete run. Training time excludes scoring
 Usage::
 
     .venv/bin/python bench/rm_scaling.py [--params params/smollm2-135m.yaml] [--pairs 640]
-        [--eval-every 160] [--variant NAME] [--set lora_last_layers=8 --set epochs=2 ...]
+        [--eval-every 160] [--variant NAME] [--seed N] [--set lora_last_layers=8 --set epochs=2 ...]
 
 Needs notebook 02's adapter (``outputs/<model>/sft``). Appends one variant to
 ``bench/results/rm_scaling.json`` (machine description, settings, the curve), rewritten after
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default=None, help="name of this run in the JSON (default: pairs and settings)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the rm stage config (YAML value), e.g. lora_last_layers=8")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the train pairs and the score head (default run.seed); the held-out pairs stay "
+                         "notebook 03's (run.seed + 1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rm_scaling.json"))
     args = ap.parse_args(argv)
 
@@ -73,20 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_every % rm_cfg.per_device_batch:
         raise SystemExit(f"--eval-every {args.eval_every} must be a multiple of rm.per_device_batch "
                          f"{rm_cfg.per_device_batch}")
-    variant = args.variant or f"pairs{args.pairs}" + "".join(f"_{k}={v}" for k, v in overrides.items())
+    seed = cfg.run.seed if args.seed is None else args.seed
+    variant = args.variant or f"pairs{args.pairs}" + "".join(f"_{k}={v}" for k, v in overrides.items()) + (
+        f"_seed{seed}" if args.seed is not None else "")
     out = Path(args.out)
     doc = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"benchmark": "rm_scaling", "variants": {}}
     doc["note"] = __doc__.split("\n\n")[1]
     doc["machine"] = machine()
 
-    seeding.seed_everything(cfg.run.seed)
+    seeding.seed_everything(seed)
     dsd, load_info = data.load_data(cfg)
     # As notebook 03: prompts carry the SFT model's context; groups and pairs from the same seeds.
     train = retrieval.with_prompt_context(cfg, dsd["train"], dsd["train"])
     validate = retrieval.with_prompt_context(cfg, dsd["validate"], dsd["train"])
     style_model, _ = style.fit_for_run(train, cfg)
     sft_model, tokenizer, sft_info = checkpoints.load_finetuned(cfg, padding_side="right")
-    train_pairs, train_info = reward.build_pairs(train, style_model, args.pairs, cfg.run.seed, "train",
+    train_pairs, train_info = reward.build_pairs(train, style_model, args.pairs, seed, "train",
                                                  factual_mix=rm_cfg.factual_mix)
     eval_pairs, eval_info = reward.build_pairs(validate, style_model, rm_cfg.eval_pairs, cfg.run.seed + 1,
                                                "validate")
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     entry: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "params": Path(args.params).name, "settings": rm_cfg.model_dump(), "overrides": overrides,
+        "params": Path(args.params).name, "settings": rm_cfg.model_dump(), "overrides": overrides, "seed": seed,
         "train_pairs": {"n": len(train_pairs), **train_info, "fit": train_fit},
         "eval_pairs": {"n": len(eval_pairs), **eval_info, "fit": eval_fit},
         "sft_adapter": str(sft_info.get("adapter")), "sampler": reward.LENGTH_GROUPED["train_sampling_strategy"],
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     points = TimedPoints(set(range(every_steps, len(train_pairs) // rm_cfg.per_device_batch + 1, every_steps)),
                          on_point, at_end=True)
     model, result = reward.train_reward_model(sft_model, tokenizer, train_pairs, rm_cfg,
-                                              Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", cfg.run.seed,
+                                              Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", seed,
                                               callbacks=[points])
     if not entry["curve"]:  # the cached trainer calls no callbacks: score the finished model once
         on_point(model, result.global_step, result.wall_time_s)
