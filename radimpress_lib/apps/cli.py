@@ -1004,16 +1004,14 @@ def _draft_all(args: argparse.Namespace, params: Any, inputs: Iterable[DraftInpu
                  f"scope {scope.describe()} (out-of-scope reports {'refused' if out_of_scope == 'refuse' else 'flagged'})"
                  + (f"; factual guard: {args.guard} beam candidates" if args.guard else ""))
 
-    worklist: list[dict[str, Any]] | None = [] if triage is not None and triage.worklist_budget is not None else None
-
     def write(row: dict[str, Any]) -> None:
-        if worklist is not None:  # held until every risk of the worklist is known
-            worklist.append(row)
-        else:
-            out_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
+    # with a worklist budget the rows are held until every risk of the worklist is known
+    worklist: list[dict[str, Any]] | None = [] if triage is not None and triage.worklist_budget is not None else None
     summary = DraftSummary(skipped=skipped, triage="risk model" if triage is not None else "rules")
-    draft_stream(inputs, drafter, checkers, write, batch_size=batch_size, limit=args.limit,
+    draft_stream(inputs, drafter, checkers, write if worklist is None else worklist.append, batch_size=batch_size,
+                 limit=args.limit,
                  progress=(lambda line: (out_fh.flush(), progress(line))) if progress else None,
                  extra={"model": model_info["model"], "adapter": model_info["adapter"]}, summary=summary,
                  scope=scope, out_of_scope=out_of_scope, triage=triage)
@@ -1023,7 +1021,7 @@ def _draft_all(args: argparse.Namespace, params: Any, inputs: Iterable[DraftInpu
             progress(f"draft: worklist budget {triage.worklist_budget:g}: the riskiest {picked} of {len(worklist)} "
                      "drafts flagged for review by risk")
         for row in worklist:
-            out_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write(row)
     out_fh.flush()
     if progress:
         progress(f"draft: done, {summary.n_drafted} drafts ({summary.n_needs_review} need review by "

@@ -260,9 +260,9 @@ class EvalStageConfig(_Stage):
         "(an extra decode of validate and test, ~n x greedy); 0: off")
     triage_folds: int = Field(5, ge=2, description="cross-validation folds (regularisation, operating point, ablation)")
     triage_pseudo_k: int = Field(
-        1, ge=0, le=10, description="pseudo-draft signal (triage.PseudoDraftModel): an error model fitted on each train "
-        "report's k nearest other train reports' impressions, labelled against its reference; its risk is one more "
-        "signal of the review-risk model (chosen on validate: bench/triage_levers.py); 0: off")
+        1, ge=0, le=10, description="pseudo-draft signal (triage.PseudoDraftModel): an error model fitted on each "
+        "train report's k nearest other train reports' impressions, labelled against its reference; its risk is one "
+        "more signal of the review-risk model (chosen on validate: bench/triage_levers.py); 0: off")
     mbr_k: int = Field(
         5, ge=0, le=20, description="MBR selection (radimpress_lib.llm.selection): the SFT draft and the impressions of "
         "the k most similar train+validate reports form a candidate set; the consensus candidate is scored as "

@@ -268,7 +268,8 @@ class PseudoDraftModel:
         idx = [i for i, r in enumerate(near) for _ in r["similar_impressions"][:k]]
         drafts = [d for r in near for d in r["similar_impressions"][:k]]
         if not drafts:
-            raise ValueError("no train report has a neighbour with other findings: nothing to fit a pseudo-draft model on")
+            raise ValueError("no train report has a neighbour with other findings: nothing to fit a pseudo-draft "
+                             "model on")
         kept = [records[i] for i in idx]
         x = feature_table(kept, drafts, prior_probs=probs.iloc[idx].reset_index(drop=True))
         y = error_labels([r["impression"] for r in kept], drafts)["significant"].to_numpy(dtype=bool)
@@ -441,8 +442,7 @@ class RiskModel:
 
     def threshold_for_budget(self, budget: float) -> float:
         """Risk threshold that flags about ``budget`` (0-1) of drafts like the validate ones."""
-        if not 0.0 < budget <= 1.0:
-            raise ValueError(f"review budget must be a share of drafts in (0, 1], got {budget}")
+        _check_share(budget, "review budget")
         if not self.quantiles:
             raise ValueError("this risk model has no validate risk quantiles (refit it)")
         qs = np.asarray(self.quantiles)
@@ -676,7 +676,8 @@ def recalibrated(model: RiskModel, x: pd.DataFrame, y: Sequence[bool], missed: S
     y, m = np.asarray(y, dtype=bool), np.asarray(missed, dtype=bool)
     risk = model.predict(x)
     out = RiskModel(features=list(model.features), mean=list(model.mean), scale=list(model.scale),
-                    coef=list(model.coef), intercept=model.intercept, quantiles=_risk_quantiles(risk), pseudo=model.pseudo,
+                    coef=list(model.coef), intercept=model.intercept, quantiles=_risk_quantiles(risk),
+                    pseudo=model.pseudo,
                     meta=dict(model.meta) | {"recalibrated_on": f"validate drafts of {system}", "n_validate": len(y),
                                              "n_errors": int(y.sum()), "n_missed_abnormal": int(m.sum())})
     if model.operating_point.get("flag_rate") is None:
@@ -706,6 +707,12 @@ def _point(flagged: np.ndarray, y: np.ndarray, m: np.ndarray, w: np.ndarray) -> 
                 "missed_abnormal_recall": (w @ (f * m)) / (w @ m.astype(np.float64))}
 
 
+def _check_share(budget: float, what: str) -> None:
+    """A review or worklist budget is a share of drafts in (0, 1] (ValueError naming ``what`` otherwise)."""
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"{what} must be a share of drafts in (0, 1], got {budget}")
+
+
 def worklist_flags(risk: Sequence[float], budget: float) -> np.ndarray:
     """The riskiest ``floor(budget * n)`` of a worklist's ``n`` drafts, at least one (``--worklist-budget``).
 
@@ -714,8 +721,7 @@ def worklist_flags(risk: Sequence[float], budget: float) -> np.ndarray:
     still gets its riskiest draft flagged), where a fixed threshold flags fewer drafts of a worklist that
     is less risky than the validate drafts it was chosen on. Equal risks keep input order.
     """
-    if not 0.0 < budget <= 1.0:
-        raise ValueError(f"worklist budget must be a share of drafts in (0, 1], got {budget}")
+    _check_share(budget, "worklist budget")
     r = np.asarray(risk, dtype=np.float64)
     k = max(1, math.floor(budget * len(r) + 1e-9)) if len(r) else 0
     flagged = np.zeros(len(r), dtype=bool)
@@ -744,8 +750,9 @@ def triage_metrics(scores: Sequence[float], y: Sequence[bool], missed: Sequence[
     np.add.at(w, (np.repeat(np.arange(n_boot), len(s)), idx.ravel()), 1.0)
     boot = _point(flagged, y, m, w)
     alpha = (1.0 - ci) / 2.0
-    out: dict[str, Any] = {"threshold": None if threshold is None else float(threshold), "n": int(len(s)), "n_errors": int(y.sum()),
-                           "n_missed_abnormal": int(m.sum()), "n_flagged": int(flagged.sum())}
+    out: dict[str, Any] = {"threshold": None if threshold is None else float(threshold), "n": int(len(s)),
+                           "n_errors": int(y.sum()), "n_missed_abnormal": int(m.sum()),
+                           "n_flagged": int(flagged.sum())}
     for k in ("recall", "precision", "flag_rate", "missed_abnormal_recall"):
         v = float(point[k][0])
         b = boot[k][~np.isnan(boot[k])]
@@ -887,8 +894,8 @@ class DraftTriage:
 
     def __init__(self, model: RiskModel, prior: ReferencePrior | None, *, threshold: float | None = None,
                  source: str = "", worklist_budget: float | None = None) -> None:
-        if worklist_budget is not None and not 0.0 < worklist_budget <= 1.0:
-            raise ValueError(f"worklist budget must be a share of drafts in (0, 1], got {worklist_budget}")
+        if worklist_budget is not None:  # checked now, not after the whole worklist is drafted
+            _check_share(worklist_budget, "worklist budget")
         self.model, self.prior = model, prior
         self.threshold = model.threshold if threshold is None else float(threshold)
         self.source = source
