@@ -68,3 +68,45 @@ def test_coverage_hypothesis_and_flag_penalty_pick_the_impression_that_covers_th
     ).text != "Mild cardiomegaly. No acute disease."
     with pytest.raises(ValueError, match="flag_penalty"):
         MBRSelector(flag_penalty=-1)
+
+
+def _twin_pool():
+    twin = "Lungs clear. Heart normal."
+    return [{"report_id": "t1", "findings": twin, "impression": "Normal chest."},
+            {"report_id": "t2", "findings": twin + " ", "impression": "1. Normal chest."},  # same keys: one twin
+            {"report_id": "t3", "findings": twin, "impression": "Normal chest, clear lungs."},
+            {"report_id": "q", "findings": twin, "impression": "Query's own impression."},
+            *({"report_id": f"n{i}", "findings": f"Lungs clear. Heart normal in size. Note {i}.",
+               "impression": f"No acute cardiopulmonary {word}."}
+              for i, word in enumerate(("abnormality", "disease", "process")))]
+
+
+def test_same_findings_impressions_are_the_twins_distinct_in_pool_order_never_the_report_itself():
+    from radimpress_lib.llm.retrieval import RetrievalBaseline
+
+    pool = _twin_pool()
+    index = RetrievalBaseline().fit([r["findings"] for r in pool], [r["impression"] for r in pool],
+                                    [r["report_id"] for r in pool])
+    query = "lungs  clear.  heart normal."
+    assert index.same_findings_impressions([query], 5, exclude_ids=["q"]) == [
+        ["Normal chest.", "Normal chest, clear lungs."]]
+    assert index.same_findings_impressions([query], 5)[0][-1] == "Query's own impression."
+    assert index.same_findings_impressions([query, "Pneumothorax."], 1, exclude_ids=["q", None]) == [
+        ["Normal chest."], []]
+    with pytest.raises(ValueError, match="k must be positive"):
+        index.same_findings_impressions([query], 0)
+
+
+def test_twins_replace_the_nearest_as_evidence_under_the_published_protocol_only():
+    from radimpress_lib.llm.selection import NeighbourMBR
+
+    pool = _twin_pool()
+    record, draft = [pool[3]], ["Heart and lungs normal."]
+    kw = {"factual": False, "flag_penalty": 0.0, "coverage": False}
+    twins = NeighbourMBR(pool, 5, same_findings=True, twins=True, **kw)(record, draft)[0]
+    assert (twins.text, twins.source) == ("Normal chest.", "twin:1")  # consensus of the draft and the twins
+    nearest = NeighbourMBR(pool, 5, same_findings=True, twins=False, **kw)(record, draft)[0]
+    assert nearest.source.startswith("retrieved:") and nearest.text.startswith("No acute cardiopulmonary")
+    dedup = NeighbourMBR(pool, 5, same_findings=False, twins=True, **kw)  # protocol B: no twins in the evidence
+    assert not dedup.twins and dedup(record, draft)[0].text.startswith("No acute cardiopulmonary")
+    assert "twins' impressions" in NeighbourMBR(pool, 5, same_findings=True, twins=True).describe()

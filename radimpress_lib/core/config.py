@@ -277,6 +277,11 @@ class EvalStageConfig(_Stage):
     mbr_coverage: bool = Field(
         True, description="MBR selection: also consider the draft preceded by the findings sentences that state the "
         "significant findings it omits (extractive)")
+    mbr_twins: bool = Field(
+        True, description="MBR selection under protocol A (neighbours may share the report's findings): when train "
+        "reports with the report's own normalised findings exist (twins), the evidence is the draft and the twins' "
+        "impressions instead of the k nearest (chosen on validate, bench/published_levers.py); protocol B's pool "
+        "never holds twins")
 
     @model_validator(mode="after")
     def _check(self) -> "EvalStageConfig":

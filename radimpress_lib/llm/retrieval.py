@@ -71,6 +71,9 @@ class RetrievalBaseline:
         self._matrix = self.vectorizer.fit_transform(list(findings))
         self._impressions = list(impressions)
         self._findings_keys = [normalize_findings(f) for f in findings]
+        self._by_findings: dict[str, list[int]] = {}
+        for j, key in enumerate(self._findings_keys):
+            self._by_findings.setdefault(key, []).append(j)
         self._ids = [None if i is None else str(i) for i in ids] if ids is not None else [None] * len(findings)
         if len(self._ids) != len(findings):
             raise ValueError(f"{len(findings)} training findings but {len(self._ids)} ids")
@@ -91,6 +94,32 @@ class RetrievalBaseline:
         """Impression of the nearest training report for each query findings text."""
         best, _ = self.neighbours(findings_list)
         return [self._impressions[i] for i in best]
+
+    def same_findings_impressions(self, findings_list: Sequence[str], k: int, *,
+                                  exclude_ids: Sequence[str | None] | None = None) -> list[list[str]]:
+        """Per query, the distinct impressions (at most ``k``, in pool order) of the pool reports whose normalised
+        findings equal the query's (its twins); never the query itself (``exclude_ids``, as in
+        :meth:`similar_impressions`). Empty when the pool holds no twin."""
+        if self._matrix is None:
+            raise RuntimeError("RetrievalBaseline.fit must be called before predicting")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        _check_strings(findings_list, "query findings")
+        out: list[list[str]] = []
+        for row, query in enumerate(findings_list):
+            qid = None if exclude_ids is None or exclude_ids[row] is None else str(exclude_ids[row])
+            chosen: list[str] = []
+            seen: set[str] = set()
+            for j in self._by_findings.get(normalize_findings(query), ()):
+                key = normalize_impression(self._impressions[j])
+                if (qid is not None and self._ids[j] == qid) or key in seen:
+                    continue
+                seen.add(key)
+                chosen.append(self._impressions[j])
+                if len(chosen) == k:
+                    break
+            out.append(chosen)
+        return out
 
     def similar_impressions(
         self, findings_list: Sequence[str], k: int, *, exclude_same_findings: bool = True,

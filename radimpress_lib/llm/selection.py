@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rouge_score import rouge_scorer
@@ -141,22 +141,35 @@ class NeighbourMBR:
     """
 
     def __init__(self, pool: Sequence[Mapping[str, Any]] | Any, k: int = 5, *, factual: bool = True,
-                 flag_penalty: float = 0.0, coverage: bool = False, same_findings: bool = False) -> None:
+                 flag_penalty: float = 0.0, coverage: bool = False, same_findings: bool = False,
+                 twins: bool = False) -> None:
         self.selector = MBRSelector(k, factual=factual, flag_penalty=flag_penalty, coverage=coverage)
         self.neighbours = RetrievalContext(pool, k, same_findings=same_findings)
+        self.twins = twins and same_findings
 
     @classmethod
     def from_config(cls, eval_cfg: Any, pool: Sequence[Mapping[str, Any]] | Any, *,
                     same_findings: bool = False) -> NeighbourMBR:
-        """The selection of ``eval_cfg`` (``mbr_k``, ``mbr_factual``, ``mbr_flag_penalty``, ``mbr_coverage``)."""
+        """The selection of ``eval_cfg`` (``mbr_k``, ``mbr_factual``, ``mbr_flag_penalty``, ``mbr_coverage``,
+        ``mbr_twins``)."""
         return cls(pool, eval_cfg.mbr_k, factual=eval_cfg.mbr_factual, flag_penalty=eval_cfg.mbr_flag_penalty,
-                   coverage=eval_cfg.mbr_coverage, same_findings=same_findings)
+                   coverage=eval_cfg.mbr_coverage, same_findings=same_findings, twins=eval_cfg.mbr_twins)
 
     def describe(self) -> str:
         s = self.selector
+        twins = "; a report with twins in the pool (same findings): the draft and the twins' impressions" \
+            if self.twins else ""
         return (f"MBR over the draft and {s.k} similar impressions from {self.neighbours.n_pool} reports "
-                f"(flag penalty {s.flag_penalty:g}{', coverage candidate' if s.coverage else ''})")
+                f"(flag penalty {s.flag_penalty:g}{', coverage candidate' if s.coverage else ''}{twins})")
 
     def __call__(self, records: Sequence[Mapping[str, Any]], drafts: Sequence[str]) -> list[Selection]:
-        near = self.neighbours(records)
-        return self.selector.select_many(records, drafts, [r["similar_impressions"] for r in near])
+        """The choice per report. With ``twins`` (protocol A only: ``same_findings``) a report whose normalised
+        findings occur in the pool takes its twins' impressions as the evidence instead of its k nearest (the
+        draft, which saw them in its prompt, stays a candidate); their sources read ``twin:<rank>``."""
+        evidence = [r["similar_impressions"] for r in self.neighbours(records)]
+        if not self.twins:
+            return self.selector.select_many(records, drafts, evidence)
+        twins = self.neighbours.index.same_findings_impressions(
+            [r["findings"] for r in records], self.selector.k, exclude_ids=[r.get("report_id") for r in records])
+        chosen = self.selector.select_many(records, drafts, [t or e for t, e in zip(twins, evidence)])
+        return [replace(c, source=c.source.replace("retrieved:", "twin:")) if t else c for c, t in zip(chosen, twins)]
