@@ -191,4 +191,7 @@ def readme_section(readme: str) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover - a print helper
-    sys.stdout.write(results_markdown(sys.argv[1] if len(sys.argv) > 1 else "outputs/smollm2-135m", SEEDS, LEVERS))
+    _out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/smollm2-135m")
+    if not (_out / "metrics.json").is_file():
+        sys.exit(f"{_out}/metrics.json not found: give the output folder of a run (notebook 05 writes it)")
+    sys.stdout.write(results_markdown(_out, SEEDS, LEVERS))

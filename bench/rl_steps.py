@@ -1,0 +1,164 @@
+"""Online RL long enough to move the policy: notebook 04's GRPO (or RLOO) for ``--steps`` optimizer steps, then
+the reward it earns on held-out validate prompts against the SFT and DPO models (issue #17).
+
+Notebook 04 runs ``rl.max_steps`` (6) steps to fit the reproduction's time budget. This benchmark runs the same
+trainer (:func:`radimpress_lib.train.rlhf.train_rl`: the reference run's DPO adapter on the SFT model, KL to the SFT
+model, reward = reward model + factual - length, ``rl.w_*``) from the same start for ``--steps`` steps, each train
+prompt once (``rl.prompts`` = steps x ``rl.prompts_per_step``), into ``.cache/bench/rl_steps/`` (the reference run's
+``rl/`` is not touched). Then, on the first ``--eval-reports`` validate reports with their target radiologist's style
+slot (as notebook 04's guards), greedy drafts of SFT, DPO (the RL start) and RL, and per draft:
+
+* ``rm_factual``: reward-model score + factual reward (the issue's held-out reward), and ``total`` (minus the
+  length penalty, as in training), with paired-bootstrap 95% CIs of RL - SFT and RL - DPO;
+* the length and distinct-impression guards, style accuracy and labeler consistency
+  (:func:`radimpress_lib.train.rlhf.validation_guards`);
+* the trainer's curves (reward, KL) and seconds per step.
+
+Needs the reference run's ``sft/``, ``reward_model/`` and ``dpo/`` adapters (notebooks 02-04).
+
+Usage::
+
+    RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py [--steps 100] [--eval-reports 64]
+
+Writes ``bench/results/rl_steps.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sft_throughput import machine  # noqa: E402
+
+from radimpress_lib import data  # noqa: E402
+from radimpress_lib.clinical import style  # noqa: E402
+from radimpress_lib.core import artifacts, config, paths  # noqa: E402
+from radimpress_lib.evaluation import metrics, style_eval  # noqa: E402
+from radimpress_lib.llm import checkpoints, generation, prompting, retrieval  # noqa: E402
+from radimpress_lib.train import reward, rlhf  # noqa: E402
+
+CURVE_KEYS = ("reward", "reward_std", "kl", "rewards/reward_model/mean", "rewards/factual/mean",
+              "rewards/length/mean", "completions/mean_length")
+
+
+def paired(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Mean of ``a - b`` with its paired-bootstrap 95% CI and two-sided p (metrics.paired_delta)."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    idx = metrics.bootstrap_indices(len(diff), n_boot, seed)
+    ci, p = metrics.paired_delta(float(diff.mean()), diff[idx].mean(axis=1))
+    return {"delta": float(diff.mean()), "ci": ci, "p_value": p}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--eval-reports", type=int, default=64)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an rl field for this run (YAML value), e.g. --set w_length=2.0; repeatable")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rl_steps.json"))
+    args = ap.parse_args(argv)
+    base = config.load_params(args.params)
+    changed = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected FIELD=VALUE")
+        changed[key.strip()] = yaml.safe_load(value)
+    cfg = config.load_params(args.params, {"rl": {"max_steps": args.steps, **changed,
+                                                  "prompts": args.steps * base.rl.prompts_per_step}})
+    for stage, folder in (("sft", artifacts.sft_dir(cfg)), ("reward model", artifacts.rm_dir(cfg)),
+                          ("dpo", artifacts.dpo_dir(cfg))):
+        if not (folder / "adapter").is_dir():
+            print(f"no {stage} adapter at {folder}/adapter: run notebooks 02-04 first")
+            return 2
+    work = ROOT / ".cache" / "bench" / "rl_steps"
+    dsd, _ = data.load_data(cfg)
+    train = retrieval.with_prompt_context(cfg, dsd["train"], dsd["train"])
+    validate = retrieval.with_prompt_context(cfg, dsd["validate"], dsd["train"])
+    style_model, style_clf = style.fit_for_run(train, cfg)
+
+    rm_backbone, _, _ = checkpoints.load_finetuned(cfg, padding_side="right")
+    rm_model = reward.load_reward_model(rm_backbone, artifacts.rm_dir(cfg) / "adapter", seed=cfg.run.seed)
+    policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
+    policy = rlhf.load_trainable_dpo(policy_base, cfg)
+    prompts, prompt_info = rlhf.rl_prompt_dataset(train, style_model, cfg.rl.prompts, cfg.run.seed, tokenizer,
+                                                  cfg.rl.max_prompt_tokens)
+    scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
+    rewards = rlhf.RewardFunctions(scorer, cfg.rl)
+    t0 = time.perf_counter()
+    rl_model, result = rlhf.train_rl(policy, tokenizer, prompts, rewards, cfg.rl, work / "rl", cfg.run.seed)
+    train_s = time.perf_counter() - t0
+
+    records = validate[: args.eval_reports]
+    targets, slots, _ = style_eval.test_style_slots(style_model, records, train, cfg.style.fewshot_k, cfg.run.seed)
+    tokenizer.padding_side = "left"
+    decoded = {"rl": generation.generate_impressions(rl_model, tokenizer, records, cfg.gen, model_name="fine_rl",
+                                                     styles=slots, log=lambda s: None)}
+    del rl_model, policy
+    for stage in ("sft", "dpo"):
+        if stage == "sft":
+            model, _, _ = checkpoints.load_finetuned(cfg, padding_side="left")
+        else:
+            model, _, _ = rlhf.load_policy(cfg, "dpo")
+        decoded[stage] = generation.generate_impressions(model, tokenizer, records, cfg.gen, model_name=stage,
+                                                         styles=slots, log=lambda s: None)
+        del model
+    messages = [prompting.build_messages(r, s) for r, s in zip(records, slots)]
+    findings = [r["findings"] for r in records]
+    references = [r["impression"] for r in records]
+    w_rm, w_f, w_len = rewards.weights
+    per: dict[str, dict[str, np.ndarray]] = {}
+    for stage, res in decoded.items():
+        texts = [p["prediction"] for p in res.predictions]
+        rm = np.asarray(rewards.reward_model(messages, texts), dtype=float)
+        fact = np.asarray(rewards.factual(messages, texts, findings), dtype=float)
+        length = np.asarray(rewards.length(messages, texts, references), dtype=float)
+        per[stage] = {"reward_model": rm, "factual": fact, "length": length,
+                      "rm_factual": w_rm * rm + w_f * fact, "total": w_rm * rm + w_f * fact + w_len * length}
+    guards = rlhf.validation_guards({s: decoded[s] for s in ("sft", "dpo", "rl")}, records, targets, style_clf, cfg.rl)
+    held_out = {stage: {k: float(v.mean()) for k, v in parts.items()} for stage, parts in per.items()}
+    deltas = {f"rl_vs_{other}": {k: paired(per["rl"][k], per[other][k], args.n_boot, cfg.run.seed)
+                                 for k in ("rm_factual", "total", "reward_model", "factual")}
+              for other in ("sft", "dpo")}
+    history = result.log_history
+    curves = [{"step": h.get("step")} | {k: h[k] for k in CURVE_KEYS if k in h} for h in history if "reward" in h]
+    doc = {"what": "online RL for --steps steps from notebook 04's start; held-out validate reward vs SFT and DPO",
+           "machine": machine(), "params": args.params, "set": changed, "algorithm": cfg.rl.algorithm, "steps": result.global_step,
+           "prompts": len(prompts), "prompt_info": prompt_info, "train_s": round(train_s, 1),
+           "s_per_step": round(train_s / max(1, result.global_step), 2),
+           "rl_settings": {k: v for k, v in cfg.rl.model_dump().items() if k not in ("guard_length_ratio",)},
+           "eval_reports": len(records), "held_out_mean": held_out, "paired": deltas,
+           "guards_validate": {s: {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
+                                   for k, v in row.items()} for s, row in guards.iterrows()},
+           "kl_last10": float(np.mean([c["kl"] for c in curves[-10:] if "kl" in c])) if curves else None,
+           "curves": curves}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(paths.portable_text(json.dumps(doc, indent=1, default=float)), encoding="utf-8")
+    print(f"{cfg.rl.algorithm}: {result.global_step} steps in {train_s:.0f} s; KL (last 10 steps) {doc['kl_last10']}")
+    for stage, m in held_out.items():
+        print(f"  {stage:4s} rm+factual {m['rm_factual']:.3f}  total {m['total']:.3f}  "
+              f"length ratio {doc['guards_validate'][stage]['length_ratio']:.2f}  "
+              f"style {doc['guards_validate'][stage]['style_accuracy']:.2f}")
+    for name, d in deltas.items():
+        r = d["rm_factual"]
+        print(f"  {name}: rm+factual {r['delta']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] p = {r['p_value']:.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
