@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sft_throughput import machine  # noqa: E402
+from sft_throughput import machine, stage_overrides  # noqa: E402
 
 from radimpress_lib import data  # noqa: E402
 from radimpress_lib.clinical import style  # noqa: E402
@@ -71,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rl_steps.json"))
     args = ap.parse_args(argv)
     base = config.load_params(args.params)
-    changed = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected FIELD=VALUE")
-        changed[key.strip()] = yaml.safe_load(value)
+    changed = stage_overrides(args.set, base.rl, "rl")
     cfg = config.load_params(args.params, {"rl": {"max_steps": args.steps, **changed,
                                                   "prompts": args.steps * base.rl.prompts_per_step}})
     for stage, folder in (("sft", artifacts.sft_dir(cfg)), ("reward model", artifacts.rm_dir(cfg)),

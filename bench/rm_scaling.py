@@ -35,8 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import yaml  # noqa: E402
-from sft_throughput import TimedPoints, calibrate, machine  # noqa: E402
+from sft_throughput import TimedPoints, calibrate, machine, stage_overrides  # noqa: E402
 
 from radimpress_lib import data  # noqa: E402
 from radimpress_lib.clinical import style  # noqa: E402
@@ -65,13 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = config.load_params(args.params)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        key = key.removeprefix("rm.")
-        if key not in type(cfg.rm).model_fields:
-            raise SystemExit(f"--set {item}: the rm stage config has no field {key!r}")
-        overrides[key] = yaml.safe_load(value)
+    overrides = stage_overrides(args.set, cfg.rm, "rm")
     rm_cfg = type(cfg.rm).model_validate({**cfg.rm.model_dump(), **overrides})
     if args.eval_every % rm_cfg.per_device_batch:
         raise SystemExit(f"--eval-every {args.eval_every} must be a multiple of rm.per_device_batch "

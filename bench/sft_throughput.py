@@ -57,6 +57,24 @@ TARGETS = {
 }
 
 
+def stage_overrides(items: list[str], stage: Any, name: str) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items (YAML values; a ``<name>.`` prefix allowed) as overrides of the stage config
+    ``stage``; exits with one line naming an item without ``=`` or a field the stage does not have
+    (bench/rm_scaling.py, bench/rl_steps.py)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix(f"{name}.")
+        if not sep:
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE")
+        if key not in type(stage).model_fields:
+            raise SystemExit(f"--set {item}: the {name} stage config has no field {key!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = "unknown"
