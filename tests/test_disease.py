@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_select_slice_keywords_and_mesh():
     assert stats.keywords["masses"] == 1 and stats.keywords["nodular"] == 1 and stats.mesh_terms["Nodule"] == 1
     d = stats.as_dict()
     assert d["share"] == pytest.approx(5 / 7) and d["top_mesh"] == {"Calcified Granuloma": 1, "Mass": 1, "Nodule": 1}
+    # ties are ordered by name, whatever order the terms were counted in (a set's order follows the hash seed)
+    late = disease.SliceStats(keywords=Counter({"nodule": 1, "mass": 2, "lesion": 1, "adenopathy": 1}))
+    assert list(late.as_dict(top=3)["top_keywords"]) == ["mass", "adenopathy", "lesion"]
 
 
 def test_fields_and_mesh_only_configs():

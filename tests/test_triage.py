@@ -242,6 +242,21 @@ def test_operating_point_is_the_smallest_flag_rate_meeting_the_targets():
     assert capped["flag_rate"] == 0.5 and not capped["targets_met"] and capped["flag_rate_for_targets"] == 0.7
 
 
+def test_a_budget_is_rounded_down_everywhere_so_it_is_never_exceeded():
+    # 0.3 of 276 validate drafts is 82.8: the operating point, the curves and the worklist all flag 82, never 83
+    rng = np.random.default_rng(0)
+    scores, y = rng.random(276), rng.random(276) < 0.25
+    m = y & (rng.random(276) < 0.8)
+    assert triage.budget_count(0.3, 276) == 82 and triage.budget_count(0.3, 343) == 102
+    assert triage.budget_count(0.01, 10) == 1 and triage.budget_count(0.3, 0) == 0 and triage.budget_count(0.3, 10) == 3
+    capped = triage.choose_operating_point(scores, y, m, recall=1.0, missed_recall=1.0, max_flag_rate=0.3)
+    assert capped["flag_rate"] == pytest.approx(82 / 276) and capped["flag_rate"] <= 0.3
+    top82 = np.argsort(-scores, kind="stable")[:82]
+    assert capped["recall"] == pytest.approx(y[top82].sum() / y.sum())
+    assert triage._recall_at_rate(scores, y, np.array([0.3]))[0] == pytest.approx(capped["recall"])
+    assert triage.worklist_flags(scores, 0.3).sum() == 82
+
+
 def test_triage_metrics_with_bootstrap_cis_on_a_synthetic_set():
     scores = np.r_[np.linspace(0.9, 0.6, 8), np.linspace(0.55, 0.0, 32)]
     y = np.zeros(40, dtype=bool)
@@ -256,6 +271,8 @@ def test_triage_metrics_with_bootstrap_cis_on_a_synthetic_set():
         lo, hi = out[f"{k}_ci"]
         assert lo <= out[k] <= hi and lo < hi
     assert 0.5 < out["auc"] <= 1 and out["auc_ci"][0] <= out["auc"] <= out["auc_ci"][1]
+    no_auc = triage.triage_metrics(scores, y, missed, threshold=0.6, n_boot=200, seed=0, auc=False)
+    assert "auc" not in no_auc and "auc_ci" not in no_auc and no_auc["recall_ci"] == out["recall_ci"]
     curve = triage.recall_curve(scores, y, n_boot=100, seed=0)
     assert curve["recall"].iloc[0] == 0 and curve["recall"].iloc[-1] == 100
     assert (curve["recall"].diff().dropna() >= 0).all()

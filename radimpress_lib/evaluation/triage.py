@@ -76,6 +76,7 @@ __all__ = [
     "ReferencePrior",
     "RiskModel",
     "choose_operating_point",
+    "budget_count",
     "error_label",
     "worklist_flags",
     "error_labels",
@@ -512,11 +513,21 @@ def _roc_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
 
 
+def budget_count(share: float, n: int) -> int:
+    """How many of ``n`` drafts a budget of ``share`` flags: ``floor(share * n)``, at least one (none of none).
+
+    Rounded down everywhere (the operating point chosen on validate, the curves, the worklist), so a
+    budget of 30% never flags more than 30% of the drafts it is spent on.
+    """
+    return max(1, math.floor(share * n + 1e-9)) if n else 0
+
+
 def _recall_at_rate(scores: np.ndarray, y: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """Recall when the top ``rate`` share of drafts by score is flagged (ties broken by order), per rate."""
     order = np.argsort(-scores, kind="stable")
     hits = np.concatenate([[0], np.cumsum(y[order])])
-    k = np.ceil(rates * len(y) - 1e-9).astype(int)
+    r = np.atleast_1d(np.asarray(rates, dtype=np.float64))
+    k = np.where(r > 0, np.maximum(1, np.floor(r * len(y) + 1e-9)), 0).astype(int) if len(y) else np.zeros(len(r), int)
     return hits[k] / max(1, y.sum())
 
 
@@ -534,9 +545,8 @@ def choose_operating_point(scores: np.ndarray, y: Sequence[bool], missed: Sequen
     mrec = np.cumsum(m[order]) / max(1, m.sum()) if m.any() else np.ones(len(s))
     ok = np.nonzero((rec >= recall - 1e-12) & (mrec >= missed_recall - 1e-12))[0]
     need = (ok[0] + 1) / len(s) if ok.size else 1.0
-    rate = min(need, max_flag_rate)
-    k = max(1, int(math.ceil(rate * len(s) - 1e-9)))
-    return {"flag_rate": float(rate), "recall": float(rec[k - 1]), "missed_recall": float(mrec[k - 1]),
+    k = ok[0] + 1 if need <= max_flag_rate else budget_count(max_flag_rate, len(s))
+    return {"flag_rate": float(k / len(s)), "recall": float(rec[k - 1]), "missed_recall": float(mrec[k - 1]),
             "flag_rate_for_targets": float(need), "targets_met": bool(need <= max_flag_rate),
             "target_recall": recall, "target_missed_recall": missed_recall, "max_flag_rate": max_flag_rate}
 
@@ -723,7 +733,7 @@ def worklist_flags(risk: Sequence[float], budget: float) -> np.ndarray:
     """
     _check_share(budget, "worklist budget")
     r = np.asarray(risk, dtype=np.float64)
-    k = max(1, math.floor(budget * len(r) + 1e-9)) if len(r) else 0
+    k = budget_count(budget, len(r))
     flagged = np.zeros(len(r), dtype=bool)
     flagged[np.argsort(-r, kind="stable")[:k]] = True
     return flagged
@@ -731,13 +741,14 @@ def worklist_flags(risk: Sequence[float], budget: float) -> np.ndarray:
 
 def triage_metrics(scores: Sequence[float], y: Sequence[bool], missed: Sequence[bool], threshold: float | None, *,
                    flagged: Sequence[bool] | None = None, n_boot: int = 1000, seed: int = 0,
-                   ci: float = 0.95) -> dict[str, Any]:
+                   ci: float = 0.95, auc: bool = True) -> dict[str, Any]:
     """Recall, precision, flag rate, missed-abnormal recall at ``threshold`` and ROC AUC, with bootstrap CIs.
 
     ``flagged``: the drafts flagged, when not ``scores >= threshold`` (a worklist budget,
     :func:`worklist_flags`; ``threshold`` is then None). Percentages (0-100) except ``auc`` and
     ``threshold``; ``<metric>_ci`` are percentile intervals of ``n_boot`` resamples of the drafts
-    (``numpy.random.default_rng(seed)``), the flags held fixed.
+    (``numpy.random.default_rng(seed)``), the flags held fixed. ``auc=False`` leaves out ``auc`` /
+    ``auc_ci`` (a property of the scores, not of the flags: the same at every operating point).
     """
     s = np.asarray(scores, dtype=np.float64)
     y, m = np.asarray(y, dtype=bool), np.asarray(missed, dtype=bool)
@@ -758,8 +769,9 @@ def triage_metrics(scores: Sequence[float], y: Sequence[bool], missed: Sequence[
         b = boot[k][~np.isnan(boot[k])]
         out[k] = None if math.isnan(v) else 100.0 * v
         out[f"{k}_ci"] = [100.0 * float(q) for q in np.quantile(b, [alpha, 1 - alpha])] if b.size else [None, None]
-    auc = _roc_auc(y, s)
-    out["auc"] = auc
+    if not auc:
+        return out
+    out["auc"] = _roc_auc(y, s)
     aucs = [a for a in (_roc_auc(y[i], s[i]) for i in idx[: min(n_boot, 300)]) if a is not None]
     out["auc_ci"] = [float(q) for q in np.quantile(aucs, [alpha, 1 - alpha])] if aucs else [None, None]
     return out

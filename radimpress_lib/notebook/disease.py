@@ -90,7 +90,13 @@ class SliceStats:
         """JSON-able summary (top matched keywords / headings)."""
         return {"n": self.n, "n_slice": self.n_slice, "share": self.n_slice / self.n if self.n else None,
                 "by_keyword_only": self.by_keyword_only, "by_mesh_only": self.by_mesh_only, "by_both": self.by_both,
-                "top_keywords": dict(self.keywords.most_common(top)), "top_mesh": dict(self.mesh_terms.most_common(top))}
+                "top_keywords": _top(self.keywords, top), "top_mesh": _top(self.mesh_terms, top)}
+
+
+def _top(counts: Counter, top: int) -> dict[str, int]:
+    """The ``top`` commonest, ties by name (``Counter.most_common`` keeps first-seen order, which a set of
+    matched terms makes depend on the hash seed)."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
 
 
 def select_slice(records: Iterable[Mapping[str, Any]], cfg: DiseaseStageConfig) -> tuple[list[Mapping[str, Any]], SliceStats]:

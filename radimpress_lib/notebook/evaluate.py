@@ -489,7 +489,8 @@ def review_triage(run: TestRun, out_dir: Path, *, log: Callable[[str], None] = p
         res["threshold_from"] = f"validate drafts of {name if name in out.models else 'sft'}"
         # the other operating point: the riskiest share of the test worklist (radimpress draft --worklist-budget)
         w = triage.triage_metrics(risk, lab["significant"], lab["missed_abnormal"], None, n_boot=e.n_boot,
-                                  flagged=triage.worklist_flags(risk, e.triage_max_flag_rate), seed=cfg.run.seed)
+                                  flagged=triage.worklist_flags(risk, e.triage_max_flag_rate), seed=cfg.run.seed,
+                                  auc=False)
         res["worklist"] = {"budget": e.triage_max_flag_rate, **{k: w[k] for k in (
             "n_flagged", "recall", "recall_ci", "precision", "precision_ci", "flag_rate", "missed_abnormal_recall",
             "missed_abnormal_recall_ci")}}
