@@ -223,6 +223,8 @@ def test_train_sft_dispatches_to_the_cached_trainer(tokenizer, examples, tmp_pat
     with pytest.raises(ValueError, match="trl trainer"):
         SFTStageConfig(method="qlora")
     assert SFTStageConfig(method="qlora", trainer="trl").method == "qlora"
+    with pytest.raises(ValueError, match="must include deduplicated"):  # notebook 02 records it; 03-09 use it
+        SFTStageConfig(protocols=["published"])
 
 
 def test_two_protocols_share_trunk_rows(tmp_path, monkeypatch):

@@ -130,7 +130,7 @@ class SFTStageConfig(_Stage):
         "are kept between runs under a key of the trunk weights, tokenizer, token rows, layer and dtype; null: memory")
     protocols: list[Literal["deduplicated", "published"]] = Field(
         default_factory=lambda: ["deduplicated", "published"],
-        description="models notebook 02 trains with this recipe: deduplicated (train after the leakage guard, "
+        description="models notebook 02 trains with this recipe: deduplicated (always; train after the leakage guard, "
         "outputs/<model>/sft) and published (train as given, protocol A of notebook 05, outputs/<model>/sft_published; "
         "skipped when the data has no benchmark split); the cached trainer shares their identical trunk rows")
     method: Literal["lora", "qlora", "full"] = Field("lora", description="lora | qlora (CUDA only) | full")
@@ -181,6 +181,9 @@ class SFTStageConfig(_Stage):
             raise ValueError("qlora and unsloth need the trl trainer (sft.trainer: trl) on CUDA")
         if len(set(self.protocols)) != len(self.protocols) or not self.protocols:
             raise ValueError(f"protocols must name each protocol at most once, got {self.protocols}")
+        if "deduplicated" not in self.protocols:
+            raise ValueError(f"protocols must include deduplicated (the headline model notebooks 03-09 build on), "
+                             f"got {self.protocols}")
         return self
 
     def fingerprint(self) -> str:
