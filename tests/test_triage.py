@@ -249,6 +249,7 @@ def test_a_budget_is_rounded_down_everywhere_so_it_is_never_exceeded():
     m = y & (rng.random(276) < 0.8)
     assert triage.budget_count(0.3, 276) == 82 and triage.budget_count(0.3, 343) == 102
     assert triage.budget_count(0.01, 10) == 1 and triage.budget_count(0.3, 0) == 0 and triage.budget_count(0.3, 10) == 3
+    assert triage.budget_count(0.0, 10) == 0  # the start of a recall curve
     capped = triage.choose_operating_point(scores, y, m, recall=1.0, missed_recall=1.0, max_flag_rate=0.3)
     assert capped["flag_rate"] == pytest.approx(82 / 276) and capped["flag_rate"] <= 0.3
     top82 = np.argsort(-scores, kind="stable")[:82]

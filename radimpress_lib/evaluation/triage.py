@@ -514,20 +514,20 @@ def _roc_auc(y: np.ndarray, s: np.ndarray) -> float | None:
 
 
 def budget_count(share: float, n: int) -> int:
-    """How many of ``n`` drafts a budget of ``share`` flags: ``floor(share * n)``, at least one (none of none).
+    """How many of ``n`` drafts a budget of ``share`` flags: ``floor(share * n)``, at least one (none of none, none
+    for a share of 0: the start of a curve).
 
     Rounded down everywhere (the operating point chosen on validate, the curves, the worklist), so a
     budget of 30% never flags more than 30% of the drafts it is spent on.
     """
-    return max(1, math.floor(share * n + 1e-9)) if n else 0
+    return max(1, math.floor(share * n + 1e-9)) if n and share > 0 else 0
 
 
 def _recall_at_rate(scores: np.ndarray, y: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """Recall when the top ``rate`` share of drafts by score is flagged (ties broken by order), per rate."""
     order = np.argsort(-scores, kind="stable")
     hits = np.concatenate([[0], np.cumsum(y[order])])
-    r = np.atleast_1d(np.asarray(rates, dtype=np.float64))
-    k = np.where(r > 0, np.maximum(1, np.floor(r * len(y) + 1e-9)), 0).astype(int) if len(y) else np.zeros(len(r), int)
+    k = np.array([budget_count(float(r), len(y)) for r in np.atleast_1d(rates)], dtype=int)
     return hits[k] / max(1, y.sum())
 
 
