@@ -14,13 +14,18 @@ slot (as notebook 04's guards), greedy drafts of SFT, DPO (the RL start) and RL,
   (:func:`radimpress_lib.train.rlhf.validation_guards`);
 * the trainer's curves (reward, KL) and seconds per step.
 
+``--set trainer=cached`` runs the cached GRPO trainer (:mod:`radimpress_lib.train.rl_cached`). ``--speed-steps N``
+instead trains both trainers (TRL's and the cached one) for ``N`` steps from the same start on the same prompts, in
+one process, and writes their seconds per step and ``rl_speedup`` (no evaluation).
+
 Needs the reference run's ``sft/``, ``reward_model/`` and ``dpo/`` adapters (notebooks 02-04).
 
 Usage::
 
-    RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py [--steps 100] [--eval-reports 64]
+    RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py [--steps 100] [--eval-reports 64] [--set FIELD=VALUE]
+    RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py --speed-steps 12
 
-Writes ``bench/results/rl_steps.json``.
+Writes ``bench/results/rl_steps.json`` (``rl_speed.json`` with ``--speed-steps``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,56 @@ def paired(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, An
     return {"delta": float(diff.mean()), "ci": ci, "p_value": p}
 
 
+def _setup(cfg: Any) -> tuple[Any, ...]:
+    """Notebook 04's RL start: train / validate records, style model and classifier, reward model, tokenizer."""
+    dsd, _ = data.load_data(cfg)
+    train = retrieval.with_prompt_context(cfg, dsd["train"], dsd["train"])
+    validate = retrieval.with_prompt_context(cfg, dsd["validate"], dsd["train"])
+    style_model, style_clf = style.fit_for_run(train, cfg)
+    rm_backbone, _, _ = checkpoints.load_finetuned(cfg, padding_side="right")
+    rm_model = reward.load_reward_model(rm_backbone, artifacts.rm_dir(cfg) / "adapter", seed=cfg.run.seed)
+    return train, validate, style_model, style_clf, rm_model
+
+
+def speed(args: argparse.Namespace) -> int:
+    """Seconds per GRPO step of TRL's trainer and the cached one, same start, prompts, rewards and settings."""
+    base = config.load_params(args.params)
+    changed = stage_overrides(args.set, base.rl, "rl")
+    changed.pop("trainer", None)
+    n = args.speed_steps
+    cfg = config.load_params(args.params, {"rl": {"max_steps": n, "prompts": n * base.rl.prompts_per_step, **changed}})
+    train, _, style_model, _, rm_model = _setup(cfg)
+    runs: dict[str, Any] = {}
+    for trainer in ("trl", "cached"):
+        rl_cfg = cfg.rl.model_copy(update={"trainer": trainer})
+        policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
+        policy = rlhf.load_trainable_dpo(policy_base, cfg)
+        prompts, _ = rlhf.rl_prompt_dataset(train, style_model, rl_cfg.prompts, cfg.run.seed, tokenizer,
+                                            rl_cfg.max_prompt_tokens)
+        scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
+        t0 = time.perf_counter()
+        _, result = rlhf.train_rl(policy, tokenizer, prompts, rlhf.RewardFunctions(scorer, rl_cfg), rl_cfg,
+                                  ROOT / ".cache" / "bench" / "rl_speed" / trainer, cfg.run.seed)
+        wall = time.perf_counter() - t0
+        steps = [h for h in result.log_history if "reward" in h]
+        runs[trainer] = {"steps": result.global_step, "wall_s": round(wall, 1),
+                         "s_per_step": round(wall / max(1, result.global_step), 2),
+                         "completion_tokens_mean": float(np.mean([h["completions/mean_length"] for h in steps])),
+                         "reward_mean": float(np.mean([h["reward"] for h in steps]))}
+        del policy, policy_base
+    doc = {"what": "seconds per GRPO step (generation, rewards, reference and policy log-probs, update) of rl.trainer "
+                   "trl (TRL GRPOTrainer) and cached (radimpress_lib.train.rl_cached), one run, same start and prompts",
+           "machine": machine(), "params": args.params, "set": changed, "steps": n,
+           "rl_settings": {k: v for k, v in cfg.rl.model_dump().items() if k not in ("guard_length_ratio", "trainer")},
+           "runs": runs, "rl_speedup": round(runs["trl"]["s_per_step"] / runs["cached"]["s_per_step"], 2)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(paths.portable_text(json.dumps(doc, indent=1, default=float)), encoding="utf-8")
+    print(f"trl {runs['trl']['s_per_step']} s/step, cached {runs['cached']['s_per_step']} s/step: "
+          f"speedup {doc['rl_speedup']}x; wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="smollm2-135m")
@@ -67,8 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="an rl field for this run (YAML value), e.g. --set w_length=2.0; repeatable")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rl_steps.json"))
+    ap.add_argument("--rl-seed", type=int, default=None,
+                    help="seed of the RL run (sampling, prompt order); default run.seed. Prompts, pairs and the "
+                         "evaluation stay those of run.seed")
+    ap.add_argument("--speed-steps", type=int, default=0,
+                    help="instead: train both trainers (rl.trainer trl and cached) for this many steps from the same "
+                         "start on the same prompts and write their seconds per step (no evaluation)")
+    ap.add_argument("--out", default=None, help="default: bench/results/rl_steps.json (rl_speed.json with "
+                                                "--speed-steps)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(ROOT / "bench" / "results" / ("rl_speed.json" if args.speed_steps else "rl_steps.json"))
+    if args.speed_steps:
+        return speed(args)
     base = config.load_params(args.params)
     changed = stage_overrides(args.set, base.rl, "rl")
     cfg = config.load_params(args.params, {"rl": {"max_steps": args.steps, **changed,
@@ -79,13 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no {stage} adapter at {folder}/adapter: run notebooks 02-04 first")
             return 2
     work = ROOT / ".cache" / "bench" / "rl_steps"
-    dsd, _ = data.load_data(cfg)
-    train = retrieval.with_prompt_context(cfg, dsd["train"], dsd["train"])
-    validate = retrieval.with_prompt_context(cfg, dsd["validate"], dsd["train"])
-    style_model, style_clf = style.fit_for_run(train, cfg)
-
-    rm_backbone, _, _ = checkpoints.load_finetuned(cfg, padding_side="right")
-    rm_model = reward.load_reward_model(rm_backbone, artifacts.rm_dir(cfg) / "adapter", seed=cfg.run.seed)
+    train, validate, style_model, style_clf, rm_model = _setup(cfg)
     policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
     policy = rlhf.load_trainable_dpo(policy_base, cfg)
     prompts, prompt_info = rlhf.rl_prompt_dataset(train, style_model, cfg.rl.prompts, cfg.run.seed, tokenizer,
@@ -93,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
     rewards = rlhf.RewardFunctions(scorer, cfg.rl)
     t0 = time.perf_counter()
-    rl_model, result = rlhf.train_rl(policy, tokenizer, prompts, rewards, cfg.rl, work / "rl", cfg.run.seed)
+    rl_seed = cfg.run.seed if args.rl_seed is None else args.rl_seed
+    rl_model, result = rlhf.train_rl(policy, tokenizer, prompts, rewards, cfg.rl, work / "rl", rl_seed)
     train_s = time.perf_counter() - t0
 
     records = validate[: args.eval_reports]
@@ -134,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
            "prompts": len(prompts), "prompt_info": prompt_info, "train_s": round(train_s, 1),
            "s_per_step": round(train_s / max(1, result.global_step), 2),
            "rl_settings": {k: v for k, v in cfg.rl.model_dump().items() if k not in ("guard_length_ratio",)},
+           "trainer": cfg.rl.trainer, "rl_seed": rl_seed,
            "eval_reports": len(records), "held_out_mean": held_out, "paired": deltas,
            "guards_validate": {s: {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
                                    for k, v in row.items()} for s, row in guards.iterrows()},

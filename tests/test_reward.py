@@ -112,6 +112,12 @@ def test_reward_model_trains_saves_head_and_reloads(style_model, tiny, tmp_path)
     for col in ("reward_chosen", "reward_rejected"):
         assert (singles[col] - scores[col]).abs().max() < 1e-4
     assert scores["reward_chosen"].nunique() > 1
+    # RL groups: completions of one prompt scored as branches of one row give the same scores
+    prompts = [prompting.build_messages(p["record"], p["style"]) for p in pairs[:3] for _ in range(3)]
+    answers = [a for p in pairs[:3] for a in (p["chosen"], p["rejected"], p["chosen"] + " Stable.")]
+    one_by_one = scorer(prompts, answers)
+    shared = scorer(prompts, answers, share_prompts=True)
+    assert max(abs(a - b) for a, b in zip(one_by_one, shared)) < 1e-4 and len(set(shared)) > 3
     reloaded = reward.load_reward_model(model, tmp_path / "adapter", seed=0)
     assert not torch.allclose(reloaded.score.weight, init)  # the trained head was saved (modules_to_save)
     again = reward.score_pairs(reward.RewardScorer(reloaded, tokenizer, batch_size=8), pairs)

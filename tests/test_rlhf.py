@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -203,3 +204,134 @@ def test_rloo_runs_one_step(style_model, tmp_path):
     _, result = rlhf.train_rl(policy, tokenizer, prompts, rlhf.RewardFunctions(None, rl_cfg), rl_cfg, tmp_path, 0,
                               log=lambda s: None)
     assert result.stage == "rloo" and result.global_step == 1 and any("reward" in h for h in result.log_history)
+
+
+def _tiny_policy(layers):
+    from peft import get_peft_model
+
+    base, tokenizer = _tiny()
+    return get_peft_model(base, rlhf._lora(4, 8, layers)), tokenizer
+
+
+def test_group_rows_score_each_completion_like_its_own_sequence():
+    """The cached GRPO log-probs: prompt once + G completions as branches equals each completion scored alone."""
+    from radimpress_lib.llm import trunk
+    from radimpress_lib.train import rl_cached
+
+    policy, _ = _tiny_policy([1])
+    with torch.no_grad():  # a non-identity adapter, so policy and reference differ
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    prompts = [[5, 6, 7, 8, 9], [5, 6, 11, 12]]
+    comps = [[[20, 21, 2], [22], [20, 23, 24]], [[30, 31], [32, 33, 34], [30]]]
+    rows = trunk.group_rows(prompts, comps)
+    assert [r.label_branch.count(2) for r in rows] == [1, 3] and rows[0].last == [7, 8, 11]
+    P = trunk.shared_prefix_length(rows)
+    assert P == 2
+    batch = trunk.collate([r.shifted(P) for r in rows], [0, 1])
+    upto = rl_cached.adapted_from(policy)
+    assert upto == 1
+    with torch.no_grad():
+        prefix0 = trunk.embed(policy, torch.tensor([rows[0].input_ids[:P]]))
+        h, prefix = trunk.run_layers(policy, trunk.embed(policy, batch.input_ids), 0, upto, batch.mask,
+                                     batch.position_ids, prefix0)
+        got = rl_cached._token_logps(policy, h, prefix, batch, upto, 1.0)
+        with policy.disable_adapter():
+            got_ref = rl_cached._token_logps(policy, h, prefix, batch, upto, 1.0)
+        want, want_ref = [], []
+        for p, group in zip(prompts, comps):
+            for c in group:
+                ids = torch.tensor([p + c])
+                for m, out in ((policy, want), (None, want_ref)):
+                    if m is None:
+                        with policy.disable_adapter():
+                            logits = policy(input_ids=ids).logits[0]
+                    else:
+                        logits = policy(input_ids=ids).logits[0]
+                    lp = torch.log_softmax(logits.float(), -1)
+                    out += [float(lp[len(p) - 1 + j, t]) for j, t in enumerate(c)]
+    assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(got_ref.double(), torch.tensor(want_ref, dtype=torch.float64), atol=1e-4)
+    assert not torch.allclose(got, got_ref, atol=1e-3)
+
+
+def test_group_advantages():
+    from radimpress_lib.train import rl_cached
+
+    adv, std = rl_cached.group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=torch.float64), 2)
+    half = 1 / (math.sqrt(2) + 1e-4)
+    assert adv.tolist() == pytest.approx([-half, half, 0.0, 0.0])
+    assert std.tolist() == pytest.approx([math.sqrt(2), 0.0])
+
+
+def test_cached_grpo_trains_the_adapter_and_logs_trl_keys(style_model, tmp_path):
+    train = records(20)
+    policy, tokenizer = _tiny_policy([1])
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    rl_cfg = RLStageConfig(trainer="cached", prompts=4, max_steps=2, num_generations=3, prompts_per_step=2,
+                           max_new_tokens=5, learning_rate=1e-2)
+    prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 4, 0, tokenizer, 320)
+    funcs = rlhf.RewardFunctions(None, rl_cfg)
+    model, result = rlhf.train_rl(policy, tokenizer, prompts, funcs, rl_cfg, tmp_path / "rl", 0, log=lambda s: None)
+    assert result.stage == "grpo" and result.global_step == 2
+    assert result.settings["trainer"] == "cached" and result.settings["kl_reference"].startswith("SFT model")
+    steps = [h for h in result.log_history if "reward" in h]
+    assert len(steps) == 2 and len(funcs.steps) == 2
+    for key in ("kl", "reward_std", "rewards/reward_model/mean", "rewards/factual/mean", "rewards/length/mean",
+                "completions/mean_length", "guard/length_ratio", "guard/distinct_ratio"):
+        assert all(key in h for h in steps), key
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and all("lora_" in n and ".layers.1." in n for n in changed)
+    assert (tmp_path / "rl" / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "rl" / "result.json").read_text())["global_step"] == 2
+    assert len(rlhf.plot_rl_curves(result.log_history).axes) == 3
+
+
+def test_cached_rl_refuses_rloo_and_a_policy_without_adapter():
+    from radimpress_lib.train import rl_cached
+
+    with pytest.raises(ValueError, match="GRPO only"):
+        RLStageConfig(trainer="cached", algorithm="rloo")
+    base, _ = _tiny()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable"):
+        rl_cached.adapted_from(base)
+
+
+def test_sample_groups_matches_plain_generation():
+    """Prefilling each prompt once, sharing its cache and dropping finished rows decodes what generate() decodes
+    (near-zero temperature: the argmax path), left padding and positions included."""
+    from transformers import GenerationConfig
+
+    from radimpress_lib.train import rl_cached
+
+    policy, _ = _tiny_policy([1])
+    prompts = [[5, 6, 7, 8, 9, 10], [5, 6, 11]]
+    ids = torch.tensor([prompts[0], [0, 0, 0] + prompts[1]])
+    mask = (torch.arange(6)[None] >= torch.tensor([[0], [3]])).long()
+
+    def greedy(end):
+        gen = GenerationConfig(do_sample=False, max_new_tokens=12, pad_token_id=0, eos_token_id=end)
+        with torch.no_grad():
+            out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        rows = []
+        for row in out[:, 6:].tolist():
+            cut = next((j for j, t in enumerate(row) if t in end), len(row) - 1)
+            rows.append(row[: cut + 1])
+        return rows
+
+    free = greedy([999])
+    # an end token prompt 0 meets first at step k >= 1 and prompt 1 not before it: prompt 1 then decodes on alone
+    k, tok = next((k, t) for k, t in enumerate(free[0]) if k >= 1 and t not in free[0][:k]
+                  and t not in free[1][: k + 1])
+    want = greedy([tok])
+    end = [tok]
+    assert len(want[0]) == k + 1 < len(want[1])
+    cfg = RLStageConfig(max_new_tokens=12, temperature=1e-6)
+    got = rl_cached.sample_groups(policy, prompts, 3, cfg, pad_id=0, end_ids=end)
+    assert got == [[want[0]] * 3, [want[1]] * 3]
+    torch.manual_seed(0)
+    sampled = rl_cached.sample_groups(policy, prompts, 4, RLStageConfig(max_new_tokens=5), pad_id=0, end_ids=[999])
+    assert all(len(c) == 5 for g in sampled for c in g) and len({tuple(c) for c in sampled[0]}) > 1

@@ -467,9 +467,17 @@ class DPOStageConfig(_Stage):
 
 
 class RLStageConfig(_Stage):
-    """Notebook 04, second half: GRPO (TRL) with reward model + rule factual reward - length penalty, KL to SFT."""
+    """Notebook 04, second half: GRPO with reward model + rule factual reward - length penalty, KL to SFT.
 
-    algorithm: Literal["grpo", "rloo"] = Field("grpo", description="TRL online RL trainer")
+    Trainers: ``trl`` (TRL ``GRPOTrainer`` / ``RLOOTrainer``) or ``cached`` (GRPO with TRL's defaults, each
+    prompt computed once per group of completions and the layers below the adapter once per step;
+    :mod:`radimpress_lib.train.rl_cached`; GRPO only).
+    """
+
+    trainer: Literal["trl", "cached"] = Field(
+        "trl", description="trl: TRL's online trainer (every completion a full sequence); cached: GRPO with each "
+        "prompt computed once per group and the frozen layers once per step (LLaMA-type models, GRPO only)")
+    algorithm: Literal["grpo", "rloo"] = Field("grpo", description="online RL algorithm")
     prompts: int = Field(12, gt=0, description="train-split prompts (seen radiologists, their style prefix)")
     max_steps: int = Field(6, gt=0, description="optimizer steps")
     num_generations: int = Field(4, ge=2, description="completions per prompt (group size)")
@@ -494,6 +502,8 @@ class RLStageConfig(_Stage):
             raise ValueError(f"guard_length_ratio must be [low, high] with 0 < low < high, got {low_high}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.trainer == "cached" and self.algorithm != "grpo":
+            raise ValueError(f"rl.trainer: cached implements GRPO only, got rl.algorithm: {self.algorithm}")
         return self
 
 

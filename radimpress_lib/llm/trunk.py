@@ -77,7 +77,9 @@ __all__ = [
     "head_forward",
     "lm_head_of",
     "n_layers",
+    "group_rows",
     "pair_rows",
+    "branch_scores",
     "pair_score_rows",
     "row_key",
     "row_mask",
@@ -260,7 +262,7 @@ class Row:
     Attributes:
         input_ids: token ids of the row (shared part first, then branch 1, then branch 2).
         position_ids: RoPE positions (restart at the branch point for branch 2).
-        branch: 0 shared, 1 / 2 the alternatives.
+        branch: 0 shared, 1 / 2 the alternatives (1 .. G: the completions of an RL group, :func:`group_rows`).
         label_src: row indices whose hidden state predicts a scored token.
         label_tgt: the scored token ids (aligned with ``label_src``).
         label_branch: branch of each scored token (0 for SFT).
@@ -358,6 +360,34 @@ def pair_rows(prompt_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence
             tgt.append(tok)
             lb.append(2)
         last = [s + len(b1) - 1, s + len(b1) + len(b2) - 1]
+        rows.append(Row(ids, pos, br, src, tgt, lb, last, dict(metas[i]) if metas else {}))
+    return rows
+
+
+def group_rows(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]],
+               metas: Sequence[Mapping[str, Any]] | None = None) -> list[Row]:
+    """Rows of prompts with several completions each (RL groups): the prompt once, then completion ``g`` as
+    branch ``g + 1`` (positions restart after the prompt). Every completion token is scored
+    (``label_branch`` = its branch), predicted from the previous token of its own sequence; ``last`` holds
+    each branch's last token."""
+    rows = []
+    for i, (p, group) in enumerate(zip(prompt_ids, completions)):
+        p = [int(t) for t in p]
+        s = len(p)
+        if s == 0 or not group or any(len(c) == 0 for c in group):
+            raise ValueError(f"group {i}: the prompt and every completion need at least one token")
+        ids, pos, br = list(p), list(range(s)), [0] * s
+        src, tgt, lb, last = [], [], [], []
+        for g, comp in enumerate(group, start=1):
+            start = len(ids)
+            for j, tok in enumerate(comp):
+                src.append(s - 1 if j == 0 else start + j - 1)
+                tgt.append(int(tok))
+                lb.append(g)
+            ids += [int(t) for t in comp]
+            pos += list(range(s, s + len(comp)))
+            br += [g] * len(comp)
+            last.append(len(ids) - 1)
         rows.append(Row(ids, pos, br, src, tgt, lb, last, dict(metas[i]) if metas else {}))
     return rows
 
@@ -735,21 +765,35 @@ def sequence_logps(model: torch.nn.Module, rows: Sequence[Row], max_batch_tokens
 
 
 @torch.no_grad()
-def pair_score_rows(model: torch.nn.Module, rows: Sequence[Row], max_batch_tokens: int = 4096, pad_id: int = 0
-                    ) -> torch.Tensor:
-    """``[n_rows, 2]`` reward-model scores (``score`` head at the last token of each branch) of pair rows with
-    the whole sequence-classification model: what scoring chosen and rejected one by one gives, with the
-    prompt computed once per pair and the shared prefix once per batch."""
+def branch_scores(model: torch.nn.Module, rows: Sequence[Row], max_batch_tokens: int = 4096, pad_id: int = 0
+                  ) -> list[torch.Tensor]:
+    """Reward-model scores (``score`` head at the last token of each branch, ``Row.last``) of rows with the whole
+    sequence-classification model: what scoring each branch as its own sequence gives, with the shared part
+    computed once per row and the shared prefix once per batch. One ``float64`` tensor per row."""
     was = model.training
     model.eval()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = torch.zeros((len(rows), 2), dtype=torch.float64)
-    for batch, top in _full_passes(model, rows, max_batch_tokens, pad_id):
-        b = torch.arange(top.shape[0], device=top.device)
-        scores = torch.stack([base.score(top[b, batch.last[:, k]])[:, 0] for k in (0, 1)], dim=1)
-        out[batch.index] = scores.double().cpu()
+    out: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64)] * len(rows)
+    by_width: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_width.setdefault(len(r.last), []).append(i)
+    for index in by_width.values():  # rows of one batch need the same number of branches
+        for batch, top in _full_passes(model, [rows[i] for i in index], max_batch_tokens, pad_id):
+            b = torch.arange(top.shape[0], device=top.device)
+            scores = torch.stack([base.score(top[b, batch.last[:, k]])[:, 0] for k in range(batch.last.shape[1])],
+                                 dim=1).double().cpu()
+            for j, s in zip(batch.index, scores):
+                out[index[j]] = s
     model.train(was)
     return out
+
+
+def pair_score_rows(model: torch.nn.Module, rows: Sequence[Row], max_batch_tokens: int = 4096, pad_id: int = 0
+                    ) -> torch.Tensor:
+    """``[n_rows, 2]`` reward-model scores of pair rows (:func:`branch_scores`): what scoring chosen and rejected
+    one by one gives, with the prompt computed once per pair and the shared prefix once per batch."""
+    scores = branch_scores(model, rows, max_batch_tokens, pad_id)
+    return torch.stack(scores) if scores else torch.zeros((0, 2), dtype=torch.float64)
 
 
 @torch.no_grad()

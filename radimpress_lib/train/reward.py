@@ -543,12 +543,23 @@ class RewardScorer:
                                                    tokenize=False) for p, c in zip(prompts, completions)]
 
     @torch.inference_mode()
-    def __call__(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]) -> list[float]:
+    def __call__(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str], *,
+                 share_prompts: bool = False) -> list[float]:
         """One score per (prompt, completion), in input order.
 
         Texts are batched by token length (longest first), so a batch pads to about its own
         length: the same scores as input-order batches (tested), with less padding computed.
+        ``share_prompts`` (LLaMA-type reward models, no ``max_length``): completions of the same prompt
+        are scored as branches of one row (:func:`radimpress_lib.llm.trunk.group_rows`), the prompt
+        computed once: the same scores to ~1e-5 (tested), about ``G`` times less compute for RL groups.
         """
+        if share_prompts and not self.max_length:
+            try:
+                trunk.check_supported(self.model)
+            except ValueError:
+                pass
+            else:
+                return self._shared_prompt_scores(prompts, completions)
         texts = self.texts(prompts, completions)
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -567,6 +578,33 @@ class RewardScorer:
                 mask[row, :len(encoded[i])] = 1
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for i, x in zip(idx, logits[:, 0].float().cpu()):
+                out[i] = float(x)
+        return out
+
+    def _shared_prompt_scores(self, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str]
+                              ) -> list[float]:
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(json.dumps(p, sort_keys=True), []).append(i)
+        prompt_ids, answers, index = [], [], []
+        for idx in groups.values():
+            msgs = rm_messages(prompts[idx[0]], self.show_similar)
+            head = _chat_ids(self.tokenizer, msgs, True)
+            comps = []
+            for i in idx:
+                full = _chat_ids(self.tokenizer, msgs + [{"role": "assistant", "content": completions[i].strip()}],
+                                 False)
+                if full[: len(head)] != head:
+                    raise ValueError("the chat template renders the prompt differently with the answer appended")
+                comps.append(full[len(head):])
+            prompt_ids.append(head)
+            answers.append(comps)
+            index.append(idx)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out: list[float] = [math.nan] * len(completions)
+        for idx, scores in zip(index, trunk.branch_scores(self.model, trunk.group_rows(prompt_ids, answers),
+                                                          pad_id=pad)):
+            for i, x in zip(idx, scores.tolist()):
                 out[i] = float(x)
         return out
 

@@ -10,9 +10,11 @@ Models (all LoRA on the merged SFT model of notebook 02, which is the *reference
   layers train; :func:`radimpress_lib.train.cached.train_rows` on :func:`dpo_rows`) or TRL's
   ``DPOTrainer`` (``trl``: reference = the adapter disabled, recomputed every step). Saved to
   ``dpo/adapter``.
-* **online RL** (:func:`train_rl`): TRL ``GRPOTrainer`` (or ``RLOOTrainer``) continues training
-  the DPO adapter on train-split prompts of the seen radiologists (their style prefix in the
-  prompt) with three weighted rewards:
+* **online RL** (:func:`train_rl`): TRL ``GRPOTrainer`` (or ``RLOOTrainer``; ``rl.trainer: trl``) or
+  the same GRPO recipe with each prompt computed once per group of completions (``rl.trainer:
+  cached``, :mod:`radimpress_lib.train.rl_cached`) continues training the DPO adapter on
+  train-split prompts of the seen radiologists (their style prefix in the prompt) with three
+  weighted rewards:
 
   - the reward-model score (notebook 03; :class:`radimpress_lib.train.reward.RewardScorer`);
   - a rule factual reward: F1 between the observations the labeler finds positive/uncertain
@@ -24,7 +26,8 @@ Models (all LoRA on the merged SFT model of notebook 02, which is the *reference
 
   and a KL penalty (``rl.beta``) to the **SFT model**: TRL copies the trained adapter into a
   "ref" adapter for the reference; its LoRA ``B`` matrices are zeroed here, so the reference
-  is the SFT model itself and not the DPO starting point. Saved to ``rl/adapter``.
+  is the SFT model itself and not the DPO starting point (the cached trainer disables the
+  adapter for the reference). Saved to ``rl/adapter``.
 
 Guards against length and template exploitation (:func:`guards`): generated/reference length
 ratio and the share of distinct impressions, logged at every RL step and checked on greedy
@@ -58,7 +61,7 @@ from radimpress_lib.llm.callbacks import TextProgressCallback, default_log, no_p
 from radimpress_lib.llm.checkpoints import apply_adapter
 from radimpress_lib.llm.models import configure_cpu_threads
 from radimpress_lib.llm.prompting import build_messages
-from radimpress_lib.train import cached
+from radimpress_lib.train import cached, rl_cached
 from radimpress_lib.train.reward import LENGTH_GROUPED, check_pair_lengths, length_grouped_dataset, lora_layers, pair_token_ids
 
 __all__ = [
@@ -349,7 +352,8 @@ class RewardFunctions:
         """Reward-model score of each completion under its (style-slot) prompt."""
         if self.scorer is None:
             return [0.0] * len(completions)
-        return self.scorer(prompts, [_completion_text(c) for c in completions])
+        return self.scorer(prompts, [_completion_text(c) for c in completions],
+                           share_prompts=self.cfg.trainer == "cached")
 
     def factual(self, prompts, completions, findings, **kwargs) -> list[float]:
         """Mean of the labeler consistency and the entity-graph consistency with the findings."""
@@ -417,6 +421,8 @@ def train_rl(model: Any, tokenizer: Any, prompts: datasets.Dataset, rewards: Rew
     configure_cpu_threads()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer == "cached":
+        return _train_rl_cached(model, tokenizer, prompts, rewards, cfg, output_dir, seed, log)
     on_cuda = torch.cuda.is_available()
     batch = cfg.prompts_per_step * cfg.num_generations
     common = dict(
@@ -458,6 +464,26 @@ def train_rl(model: Any, tokenizer: Any, prompts: datasets.Dataset, rewards: Rew
     log(f"{cfg.algorithm}: done, {result.global_step} steps in {wall:.0f}s; adapter saved to {adapter}")
     trainer.model.eval()
     return trainer.model, result
+
+
+def _train_rl_cached(model: Any, tokenizer: Any, prompts: datasets.Dataset, rewards: RewardFunctions,
+                     cfg: RLStageConfig, output_dir: Path, seed: int, log: Callable[[str], None]
+                     ) -> tuple[Any, StageResult]:
+    """``rl.trainer: cached`` (:mod:`radimpress_lib.train.rl_cached`): the reference is the SFT model (adapter
+    disabled); the same adapter folder and result as TRL's path."""
+    reference = "SFT model (adapter disabled)" + ("" if cfg.beta > 0 else "; KL logged, not penalised (beta=0)")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"grpo (cached): {len(prompts)} prompts, {cfg.max_steps} steps x {cfg.prompts_per_step} prompts x "
+        f"{cfg.num_generations} samples, beta={cfg.beta}, KL reference: {reference}, trainable {n_train:,} params")
+    history, wall = rl_cached.train_grpo_cached(model, tokenizer, prompts, rewards, cfg, seed, log=log)
+    adapter = output_dir / "adapter"
+    with no_progress_bars():
+        model.save_pretrained(str(adapter), selected_adapters=[model.active_adapter])
+    result = StageResult(cfg.algorithm, str(adapter), len(history), wall, len(prompts), _numeric_history(history),
+                         settings={**cfg.model_dump(), "seed": seed, "kl_reference": reference})
+    write_json(output_dir / "result.json", result.to_dict())
+    log(f"{cfg.algorithm}: done, {result.global_step} steps in {wall:.0f}s; adapter saved to {adapter}")
+    return model, result
 
 
 def load_trainable_dpo(sft_model: Any, params: Params) -> Any:
