@@ -75,6 +75,17 @@ def _setup(cfg: Any) -> tuple[Any, ...]:
     return train, validate, style_model, style_clf, rm_model
 
 
+def _rl_start(cfg: Any, rl_cfg: Any, train: Any, style_model: Any, rm_model: Any) -> tuple[Any, ...]:
+    """A fresh RL start (the SFT model with the DPO adapter, trainable), its tokenizer, the RL prompts and the
+    reward-model scorer."""
+    policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
+    policy = rlhf.load_trainable_dpo(policy_base, cfg)
+    prompts, prompt_info = rlhf.rl_prompt_dataset(train, style_model, rl_cfg.prompts, cfg.run.seed, tokenizer,
+                                                  rl_cfg.max_prompt_tokens)
+    scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
+    return policy, tokenizer, prompts, prompt_info, scorer
+
+
 def speed(args: argparse.Namespace) -> int:
     """Seconds per GRPO step of TRL's trainer and the cached one, same start, prompts, rewards and settings."""
     base = config.load_params(args.params)
@@ -86,11 +97,7 @@ def speed(args: argparse.Namespace) -> int:
     runs: dict[str, Any] = {}
     for trainer in ("trl", "cached"):
         rl_cfg = cfg.rl.model_copy(update={"trainer": trainer})
-        policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
-        policy = rlhf.load_trainable_dpo(policy_base, cfg)
-        prompts, _ = rlhf.rl_prompt_dataset(train, style_model, rl_cfg.prompts, cfg.run.seed, tokenizer,
-                                            rl_cfg.max_prompt_tokens)
-        scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
+        policy, tokenizer, prompts, _, scorer = _rl_start(cfg, rl_cfg, train, style_model, rm_model)
         t0 = time.perf_counter()
         _, result = rlhf.train_rl(policy, tokenizer, prompts, rlhf.RewardFunctions(scorer, rl_cfg), rl_cfg,
                                   ROOT / ".cache" / "bench" / "rl_speed" / trainer, cfg.run.seed)
@@ -100,7 +107,7 @@ def speed(args: argparse.Namespace) -> int:
                          "s_per_step": round(wall / max(1, result.global_step), 2),
                          "completion_tokens_mean": float(np.mean([h["completions/mean_length"] for h in steps])),
                          "reward_mean": float(np.mean([h["reward"] for h in steps]))}
-        del policy, policy_base
+        del policy
     doc = {"what": "seconds per GRPO step (generation, rewards, reference and policy log-probs, update) of rl.trainer "
                    "trl (TRL GRPOTrainer) and cached (radimpress_lib.train.rl_cached), one run, same start and prompts",
            "machine": machine(), "params": args.params, "set": changed, "steps": n,
@@ -146,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     work = ROOT / ".cache" / "bench" / "rl_steps"
     train, validate, style_model, style_clf, rm_model = _setup(cfg)
-    policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
-    policy = rlhf.load_trainable_dpo(policy_base, cfg)
-    prompts, prompt_info = rlhf.rl_prompt_dataset(train, style_model, cfg.rl.prompts, cfg.run.seed, tokenizer,
-                                                  cfg.rl.max_prompt_tokens)
-    scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
+    policy, tokenizer, prompts, prompt_info, scorer = _rl_start(cfg, cfg.rl, train, style_model, rm_model)
     rewards = rlhf.RewardFunctions(scorer, cfg.rl)
     t0 = time.perf_counter()
     rl_seed = cfg.run.seed if args.rl_seed is None else args.rl_seed

@@ -254,6 +254,15 @@ def test_group_rows_score_each_completion_like_its_own_sequence():
     assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(got_ref.double(), torch.tensor(want_ref, dtype=torch.float64), atol=1e-4)
     assert not torch.allclose(got, got_ref, atol=1e-3)
+    # the trainer's path: trunk.layer_passes puts every row in one (longest-first) batch
+    with torch.no_grad():
+        (b2, h2, p2), = trunk.layer_passes(policy, rows, upto, 2 * max(len(r) for r in rows), 0)
+        got2 = rl_cached._token_logps(policy, h2, p2, b2, upto, 1.0)
+    per_row = [sum(len(c) for c in g) for g in comps]
+    starts = [0, per_row[0]]
+    order = torch.cat([torch.arange(starts[i], starts[i] + per_row[i]) for i in b2.index])
+    assert sorted(b2.index) == [0, 1]
+    assert torch.allclose(got2.double(), torch.tensor(want, dtype=torch.float64)[order], atol=1e-4)
 
 
 def test_group_advantages():

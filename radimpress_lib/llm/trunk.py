@@ -75,6 +75,7 @@ __all__ = [
     "collate",
     "decoder_of",
     "head_forward",
+    "layer_passes",
     "lm_head_of",
     "n_layers",
     "group_rows",
@@ -713,9 +714,10 @@ def advance_cache(model: torch.nn.Module, cache: TrunkCache, upto: int, max_batc
                       trunk_digest(model, upto), "", cache.build_s + dt, dict(cache.extras))
 
 
-def token_logps(head: torch.nn.Module, top: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Log-prob of each scored token (``label_*``) from final hidden states ``top`` ``[B,T,H]``."""
-    logits = head(top[batch.label_b, batch.label_src]).float()
+def token_logps(head: torch.nn.Module, top: torch.Tensor, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-prob of each scored token (``label_*``) from final hidden states ``top`` ``[B,T,H]`` (logits divided by
+    ``temperature``, as a sampler at that temperature draws them)."""
+    logits = head(top[batch.label_b, batch.label_src]).float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(1, batch.label_tgt[:, None])[:, 0]
 
 
@@ -736,16 +738,24 @@ def head_forward(model: torch.nn.Module, cache: TrunkCache, batch: Batch, hidden
 # --------------------------------------------------------------------------- whole-model passes over rows
 
 
-def _full_passes(model: torch.nn.Module, rows: Sequence[Row], max_batch_tokens: int, pad_id: int):
-    """``(batch, final normed states)`` of every row through the whole model, shared prefix computed once."""
-    N = n_layers(model)
+def layer_passes(model: torch.nn.Module, rows: Sequence[Row], stop: int, max_batch_tokens: int, pad_id: int):
+    """``(batch, states, prefix states)`` of every row after layers ``0 .. stop-1`` (no final norm), in
+    longest-first batches (``batch.index``: the rows it holds); the prefix all rows share is computed once
+    (its states at ``stop``, or None without one)."""
     device = _device(model)
     P = shared_prefix_length(rows)
     srows = [r.shifted(P) for r in rows] if P else list(rows)
     prefix = embed(model, torch.tensor([rows[0].input_ids[:P]], device=device)) if P else None
     for idx in token_batches([len(r) for r in srows], max_batch_tokens):
         batch = collate(srows, idx, pad_id, device)
-        h, _ = run_layers(model, embed(model, batch.input_ids), 0, N, batch.mask, batch.position_ids, prefix)
+        h, prefix_at_stop = run_layers(model, embed(model, batch.input_ids), 0, stop, batch.mask, batch.position_ids,
+                                       prefix)
+        yield batch, h, prefix_at_stop
+
+
+def _full_passes(model: torch.nn.Module, rows: Sequence[Row], max_batch_tokens: int, pad_id: int):
+    """``(batch, final normed states)`` of every row through the whole model, shared prefix computed once."""
+    for batch, h, _ in layer_passes(model, rows, n_layers(model), max_batch_tokens, pad_id):
         yield batch, final_norm(model, h)
 
 

@@ -60,6 +60,7 @@ from radimpress_lib.train import cached
 __all__ = [
     "FACTUAL_MIXES",
     "RewardScorer",
+    "chat_token_ids",
     "build_factual_pairs",
     "build_pairs",
     "build_style_pairs",
@@ -260,7 +261,9 @@ def fit_pairs_to_length(pairs: Sequence[Mapping[str, Any]], tokenizer: Any, max_
     return out, stats
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+def chat_token_ids(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    """Token ids of the chat-templated ``messages`` as the reward model and the RL trainers read them (the rendered
+    text tokenized without added special tokens)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -279,10 +282,10 @@ def pair_token_ids(tokenizer: Any, pairs: Sequence[Mapping[str, Any]], show_simi
     for i, pair in enumerate(pairs):
         validate_pair(pair, where=f"pair {i}")
         msgs = rm_messages(build_messages(pair["record"], pair["style"]), show_similar)
-        prompt = _chat_ids(tokenizer, msgs, True)
+        prompt = chat_token_ids(tokenizer, msgs, True)
         answers = []
         for answer in (pair["chosen"], pair["rejected"]):
-            full = _chat_ids(tokenizer, msgs + [{"role": "assistant", "content": answer.strip()}], False)
+            full = chat_token_ids(tokenizer, msgs + [{"role": "assistant", "content": answer.strip()}], False)
             if full[: len(prompt)] != prompt:
                 raise ValueError("the chat template renders the prompt differently with the answer appended")
             comp = full[len(prompt):]
@@ -589,10 +592,10 @@ class RewardScorer:
         prompt_ids, answers, index = [], [], []
         for idx in groups.values():
             msgs = rm_messages(prompts[idx[0]], self.show_similar)
-            head = _chat_ids(self.tokenizer, msgs, True)
+            head = chat_token_ids(self.tokenizer, msgs, True)
             comps = []
             for i in idx:
-                full = _chat_ids(self.tokenizer, msgs + [{"role": "assistant", "content": completions[i].strip()}],
+                full = chat_token_ids(self.tokenizer, msgs + [{"role": "assistant", "content": completions[i].strip()}],
                                  False)
                 if full[: len(head)] != head:
                     raise ValueError("the chat template renders the prompt differently with the answer appended")

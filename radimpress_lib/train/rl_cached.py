@@ -46,6 +46,7 @@ from radimpress_lib.core.config import RLStageConfig
 from radimpress_lib.llm import trunk
 from radimpress_lib.llm.callbacks import default_log, fmt_seconds
 from radimpress_lib.llm.prompting import end_of_turn_token_ids
+from radimpress_lib.train.reward import chat_token_ids
 
 __all__ = ["adapted_from", "group_advantages", "sample_groups", "train_grpo_cached"]
 
@@ -126,8 +127,7 @@ def sample_groups(model: Any, prompt_ids: Sequence[Sequence[int]], group: int, c
 def _token_logps(model: Any, h: torch.Tensor, prefix: torch.Tensor | None, batch: trunk.Batch, upto: int,
                  temperature: float) -> torch.Tensor:
     top, _ = trunk.run_layers(model, h, upto, trunk.n_layers(model), batch.mask, batch.position_ids, prefix)
-    logits = trunk.lm_head_of(model)(trunk.final_norm(model, top)[batch.label_b, batch.label_src]).float()
-    return torch.log_softmax(logits / temperature, dim=-1).gather(1, batch.label_tgt[:, None])[:, 0]
+    return trunk.token_logps(trunk.lm_head_of(model), trunk.final_norm(model, top), batch, temperature)
 
 
 def _prompt_order(n: int, needed: int, seed: int) -> list[int]:
@@ -158,8 +158,7 @@ def train_grpo_cached(model: Any, tokenizer: Any, prompts: Any, rewards: Any, cf
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     end_ids = end_of_turn_token_ids(tokenizer)
     rows_in = [dict(prompts[i]) for i in range(len(prompts))]
-    prompt_ids = [tokenizer(tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True),
-                            add_special_tokens=False)["input_ids"] for r in rows_in]
+    prompt_ids = [chat_token_ids(tokenizer, r["prompt"], True) for r in rows_in]
     upto = adapted_from(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -189,19 +188,14 @@ def train_grpo_cached(model: Any, tokenizer: Any, prompts: Any, rewards: Any, cf
         adv, std = group_advantages(total, G)
         # log-probs: one row per prompt with its G completions as branches
         rows = trunk.group_rows([prompt_ids[i] for i in picked], comps)
-        P = trunk.shared_prefix_length(rows)
-        srows = [r.shifted(P) for r in rows] if P else rows
-        batch = trunk.collate(srows, list(range(len(srows))), pad, next(model.parameters()).device)
-        seq = batch.label_b * G + batch.label_branch - 1  # completion index of each scored token
         model.train()
-        with torch.no_grad():
-            prefix0 = trunk.embed(model, torch.tensor([rows[0].input_ids[:P]], device=batch.input_ids.device)) if P else None
-            h, prefix = trunk.run_layers(model, trunk.embed(model, batch.input_ids), 0, upto, batch.mask,
-                                         batch.position_ids, prefix0)
+        with torch.no_grad():  # the frozen layers once, every row in one batch
+            (batch, h, prefix), = trunk.layer_passes(model, rows, upto, len(rows) * max(len(r) for r in rows), pad)
             with model.disable_adapter():
                 ref = _token_logps(model, h, prefix, batch, upto, cfg.temperature)
         lp = _token_logps(model, h, prefix, batch, upto, cfg.temperature)
-        a = adv.to(lp.dtype)[seq]
+        seq = torch.as_tensor(batch.index, device=lp.device)[batch.label_b] * G + batch.label_branch - 1
+        a = adv.to(lp.dtype)[seq]  # each scored token's completion's advantage
         d = ref - lp
         kl = torch.exp(d) - d - 1
         per_token = -torch.exp(lp - lp.detach()) * a + cfg.beta * kl
