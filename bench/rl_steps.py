@@ -14,6 +14,8 @@ slot (as notebook 04's guards), greedy drafts of SFT, DPO (the RL start) and RL,
   (:func:`radimpress_lib.train.rlhf.validation_guards`);
 * the trainer's curves (reward, KL) and seconds per step.
 
+The JSON keeps the first ``--examples`` held-out drafts of each system (what a reward-model exploit looks like).
+``--rm-adapter`` trains and scores with another reward model (e.g. one ``bench/rm_scaling.py`` trained).
 ``--set trainer=cached`` runs the cached GRPO trainer (:mod:`radimpress_lib.train.rl_cached`). ``--speed-steps N``
 instead trains both trainers (TRL's and the cached one) for ``N`` steps from the same start on the same prompts, in
 one process, and writes their seconds per step and ``rl_speedup`` (no evaluation).
@@ -64,14 +66,16 @@ def paired(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, An
     return {"delta": float(diff.mean()), "ci": ci, "p_value": p}
 
 
-def _setup(cfg: Any) -> tuple[Any, ...]:
-    """Notebook 04's RL start: train / validate records, style model and classifier, reward model, tokenizer."""
+def _setup(cfg: Any, rm_adapter: str | None = None) -> tuple[Any, ...]:
+    """Notebook 04's RL start: train / validate records, style model and classifier, reward model (notebook 03's, or
+    the adapter at ``rm_adapter``), tokenizer."""
     dsd, _ = data.load_data(cfg)
     train = retrieval.with_prompt_context(cfg, dsd["train"], dsd["train"])
     validate = retrieval.with_prompt_context(cfg, dsd["validate"], dsd["train"])
     style_model, style_clf = style.fit_for_run(train, cfg)
     rm_backbone, _, _ = checkpoints.load_finetuned(cfg, padding_side="right")
-    rm_model = reward.load_reward_model(rm_backbone, artifacts.rm_dir(cfg) / "adapter", seed=cfg.run.seed)
+    rm_model = reward.load_reward_model(rm_backbone, Path(rm_adapter) if rm_adapter else artifacts.rm_dir(cfg) /
+                                        "adapter", seed=cfg.run.seed)
     return train, validate, style_model, style_clf, rm_model
 
 
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rl-seed", type=int, default=None,
                     help="seed of the RL run (sampling, prompt order); default run.seed. Prompts, pairs and the "
                          "evaluation stay those of run.seed")
+    ap.add_argument("--examples", type=int, default=12, help="held-out drafts of SFT, DPO and RL kept in the JSON")
+    ap.add_argument("--rm-adapter", default=None,
+                    help="reward-model adapter for training and the held-out reward (e.g. one bench/rm_scaling.py "
+                         "trained); default notebook 03's")
     ap.add_argument("--speed-steps", type=int, default=0,
                     help="instead: train both trainers (rl.trainer trl and cached) for this many steps from the same "
                          "start on the same prompts and write their seconds per step (no evaluation)")
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no {stage} adapter at {folder}/adapter: run notebooks 02-04 first")
             return 2
     work = ROOT / ".cache" / "bench" / "rl_steps"
-    train, validate, style_model, style_clf, rm_model = _setup(cfg)
+    train, validate, style_model, style_clf, rm_model = _setup(cfg, args.rm_adapter)
     policy, tokenizer, prompts, prompt_info, scorer = _rl_start(cfg, cfg.rl, train, style_model, rm_model)
     rewards = rlhf.RewardFunctions(scorer, cfg.rl)
     t0 = time.perf_counter()
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                       "rm_factual": w_rm * rm + w_f * fact, "total": w_rm * rm + w_f * fact + w_len * length}
     guards = rlhf.validation_guards({s: decoded[s] for s in ("sft", "dpo", "rl")}, records, targets, style_clf, cfg.rl)
     held_out = {stage: {k: float(v.mean()) for k, v in parts.items()} for stage, parts in per.items()}
+    style_table = style_eval.style_evaluation(style_clf, {s: [p["prediction"] for p in r.predictions]
+                                                          for s, r in decoded.items()}, targets, references,
+                                              n_boot=args.n_boot, seed=cfg.run.seed)
     deltas = {f"rl_vs_{other}": {k: paired(per["rl"][k], per[other][k], args.n_boot, cfg.run.seed)
                                  for k in ("rm_factual", "total", "reward_model", "factual")}
               for other in ("sft", "dpo")}
@@ -199,9 +210,16 @@ def main(argv: list[str] | None = None) -> int:
            "s_per_step": round(train_s / max(1, result.global_step), 2),
            "rl_settings": {k: v for k, v in cfg.rl.model_dump().items() if k not in ("guard_length_ratio",)},
            "trainer": cfg.rl.trainer, "rl_seed": rl_seed,
+           "reward_model": paths.portable_text(args.rm_adapter) if args.rm_adapter else "notebook 03",
            "eval_reports": len(records), "held_out_mean": held_out, "paired": deltas,
            "guards_validate": {s: {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
                                    for k, v in row.items()} for s, row in guards.iterrows()},
+           "style_validate": {s: {k: v for k, v in row.items() if k in (
+               "style_accuracy", "style_accuracy_ci", "style_accuracy_template", "style_accuracy_no_template",
+               "normal_statement_added_rate")} for s, row in style_table.items()},
+           "examples": [{"target": t, "reference": r["impression"]} | {stage: res.predictions[i]["prediction"]
+                                                                        for stage, res in decoded.items()}
+                        for i, (t, r) in enumerate(zip(targets[:args.examples], records[:args.examples]))],
            "kl_last10": float(np.mean([c["kl"] for c in curves[-10:] if "kl" in c])) if curves else None,
            "curves": curves}
     out = Path(args.out)

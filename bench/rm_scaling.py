@@ -16,6 +16,15 @@ Usage::
     .venv/bin/python bench/rm_scaling.py [--params params/smollm2-135m.yaml] [--pairs 640]
         [--eval-every 160] [--variant NAME] [--seed N] [--set lora_last_layers=8 --set epochs=2 ...]
 
+``--ensemble N`` trains ``N`` reward models that differ only in their seed (LoRA initialisation, score head, pair
+order; the seeds ``seed .. seed+N-1``, the same train pairs), the cached trainer's trunk cache built once and shared
+(``.cache/bench/rm_scaling/trunk``), and scores each member and the ensemble (mean of the members' margins; the
+members' margins divided by their own spread first, ``ensemble_z``) after each member.
+
+``--restyle-eval N`` also scores ``N`` held-out validate style pairs that are all restyles (the same impression in
+another radiologist's template). The trained adapter stays in ``.cache/bench/rm_scaling/<variant>/adapter``
+(git-ignored), for ``bench/rl_steps.py --rm-adapter``.
+
 Needs notebook 02's adapter (``outputs/<model>/sft``). Appends one variant to
 ``bench/results/rm_scaling.json`` (machine description, settings, the curve), rewritten after
 every evaluation so partial results survive.
@@ -26,12 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".cache" / "bench" / "rm_scaling"  # each variant's adapter: <variant>/adapter (--rm-adapter of rl_steps.py)
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -39,14 +50,14 @@ from sft_throughput import TimedPoints, calibrate, machine, stage_overrides  # n
 
 from radimpress_lib import data  # noqa: E402
 from radimpress_lib.clinical import style  # noqa: E402
-from radimpress_lib.core import config, seeding
+from radimpress_lib.core import config, paths, seeding
 from radimpress_lib.llm import checkpoints, retrieval
 from radimpress_lib.train import reward
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    path.write_text(paths.portable_text(json.dumps(doc, indent=1)), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None,
                     help="seed of the train pairs and the score head (default run.seed); the held-out pairs stay "
                          "notebook 03's (run.seed + 1)")
+    ap.add_argument("--restyle-eval", type=int, default=0,
+                    help="also score this many held-out validate style pairs that are all restyles (the impression "
+                         "rewritten in another radiologist's template), the template sensitivity a policy can game")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="train this many reward models (seeds seed .. seed+N-1, cached trainer) and score their "
+                         "mean margin after each member")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rm_scaling.json"))
     args = ap.parse_args(argv)
 
@@ -71,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"{rm_cfg.per_device_batch}")
     seed = cfg.run.seed if args.seed is None else args.seed
     variant = args.variant or f"pairs{args.pairs}" + "".join(f"_{k}={v}" for k, v in overrides.items()) + (
-        f"_seed{seed}" if args.seed is not None else "")
+        f"_seed{seed}" if args.seed is not None else "") + (f"_ensemble{args.ensemble}" if args.ensemble > 1 else "")
+    if args.ensemble > 1:
+        if rm_cfg.trainer != "cached":
+            raise SystemExit("--ensemble needs the cached trainer (one trunk cache shared by the members)")
+        rm_cfg = rm_cfg.model_copy(update={"cache_dir": rm_cfg.cache_dir or str(WORK / "trunk")})
     out = Path(args.out)
     doc = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"benchmark": "rm_scaling", "variants": {}}
     doc["note"] = __doc__.split("\n\n")[1]
@@ -85,10 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     style_model, _ = style.fit_for_run(train, cfg)
     sft_model, tokenizer, sft_info = checkpoints.load_finetuned(cfg, padding_side="right")
     train_pairs, train_info = reward.build_pairs(train, style_model, args.pairs, seed, "train",
-                                                 factual_mix=rm_cfg.factual_mix)
+                                                 factual_mix=rm_cfg.factual_mix, restyle_share=rm_cfg.restyle_share)
     eval_pairs, eval_info = reward.build_pairs(validate, style_model, rm_cfg.eval_pairs, cfg.run.seed + 1,
                                                "validate")
     view = rm_cfg.prompt_similar
+    restyle_pairs: list = []
+    if args.restyle_eval:
+        restyle_pairs, _ = reward.build_style_pairs(validate, style_model.assign(validate), style_model,
+                                                    args.restyle_eval, cfg.run.seed + 1, "style_pairs:validate",
+                                                    restyle_share=1.0)
+        restyle_pairs, _ = reward.fit_pairs_to_length(restyle_pairs, tokenizer, rm_cfg.max_length, view)
     train_pairs, train_fit = reward.fit_pairs_to_length(train_pairs, tokenizer, rm_cfg.max_length, view)
     eval_pairs, eval_fit = reward.fit_pairs_to_length(eval_pairs, tokenizer, rm_cfg.max_length, view)
 
@@ -105,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def score(model) -> dict[str, Any]:
         margins = reward.score_held_out(model, tokenizer, eval_pairs, rm_cfg)  # as notebook 03
-        return {"summary": reward.accuracy_summary(margins),
-                "by_type": reward.pairwise_accuracy(margins).to_dict(orient="records")}
+        out = {"summary": reward.accuracy_summary(margins),
+               "by_type": reward.pairwise_accuracy(margins).to_dict(orient="records")}
+        if restyle_pairs:
+            restyled = reward.score_held_out(model, tokenizer, restyle_pairs, rm_cfg)
+            out["restyle_eval"] = {"n": len(restyled), "accuracy": float((restyled["margin"] > 0).mean())}
+        return out
 
     def on_point(model, step: int, train_s: float) -> None:
         seen = step * rm_cfg.per_device_batch
@@ -114,18 +145,57 @@ def main(argv: list[str] | None = None) -> int:
         entry["curve"].append({"train_pairs_seen": seen, "step": step, "train_time_s": round(train_s, 1), **scores})
         s = scores["summary"]
         print(f"[rm_scaling] {variant}: {seen} pairs, step {step}, {train_s:.0f}s train -> "
-              f"factual {s['factual_pair_acc']:.3f} style {s['style_pair_acc']:.3f}", flush=True)
+              f"factual {s['factual_pair_acc']:.3f} style {s['style_pair_acc']:.3f}"
+              + (f" restyles {scores['restyle_eval']['accuracy']:.3f}" if "restyle_eval" in scores else ""), flush=True)
         _write(out, doc)
 
+    if args.ensemble > 1:
+        return _ensemble(args, out, doc, entry, rm_cfg, cfg, tokenizer, train_pairs, eval_pairs, seed, variant)
     every_steps = args.eval_every // rm_cfg.per_device_batch
     points = TimedPoints(set(range(every_steps, len(train_pairs) // rm_cfg.per_device_batch + 1, every_steps)),
                          on_point, at_end=True)
     model, result = reward.train_reward_model(sft_model, tokenizer, train_pairs, rm_cfg,
-                                              Path(tempfile.gettempdir()) / f"rm_scaling_{variant}", seed,
+                                              WORK / variant, seed,
                                               callbacks=[points])
     if not entry["curve"]:  # the cached trainer calls no callbacks: score the finished model once
         on_point(model, result.global_step, result.wall_time_s)
     entry["result"] = {k: v for k, v in result.to_dict().items() if k not in ("settings", "adapter_dir")}
+    entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    _write(out, doc)
+    return 0
+
+
+def _ensemble(args: argparse.Namespace, out: Path, doc: dict[str, Any], entry: dict[str, Any], rm_cfg: Any,
+              cfg: Any, tokenizer: Any, train_pairs: list, eval_pairs: list, seed: int, variant: str) -> int:
+    """``--ensemble N``: members with seeds ``seed + i`` on the same pairs; each member's and the ensemble's
+    held-out accuracy after every member."""
+    margins = []
+    entry["members"] = []
+    for i in range(args.ensemble):
+        member_seed = seed + i
+        model, _, _ = checkpoints.load_finetuned(cfg, padding_side="right")
+        seeding.seed_everything(member_seed)
+        model, result = reward.train_reward_model(model, tokenizer, train_pairs, rm_cfg, WORK / variant /
+                                                  str(member_seed), member_seed)
+        t0 = time.perf_counter()
+        scores = reward.score_held_out(model, tokenizer, eval_pairs, rm_cfg)
+        score_s = time.perf_counter() - t0
+        margins.append(scores["margin"].to_numpy())
+        mean = scores.assign(margin=np.mean(margins, axis=0))
+        z = scores.assign(margin=np.mean([m / m.std() for m in margins], axis=0))
+        entry["members"].append({
+            "seed": member_seed, "train_s": round(result.wall_time_s, 1), "cache_build_s": result.settings.get(
+                "cache_build_s"), "score_s": round(score_s, 1), "summary": reward.accuracy_summary(scores),
+            "by_type": reward.pairwise_accuracy(scores).to_dict(orient="records"),
+            "ensemble": {"members": i + 1, "summary": reward.accuracy_summary(mean),
+                         "by_type": reward.pairwise_accuracy(mean).to_dict(orient="records")},
+            "ensemble_z": {"members": i + 1, "summary": reward.accuracy_summary(z)}})
+        s, e = entry["members"][-1]["summary"], entry["members"][-1]["ensemble"]["summary"]
+        print(f"[rm_scaling] {variant}: member seed {member_seed} factual {s['factual_pair_acc']:.3f} style "
+              f"{s['style_pair_acc']:.3f}; ensemble of {i + 1}: factual {e['factual_pair_acc']:.3f} style "
+              f"{e['style_pair_acc']:.3f}", flush=True)
+        _write(out, doc)
+        del model
     entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _write(out, doc)
     return 0

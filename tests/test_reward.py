@@ -83,6 +83,24 @@ def test_restyle_fallback_when_no_same_content_partner(style_model):
     assert info["restyle"] > 0 and any(p["pair_type"] == "style:restyle" for p in pairs)
 
 
+def test_restyle_share_makes_restyles_where_swaps_exist(style_model):
+    train = records(90)
+    groups = style_model.assign(train)
+    default, d_info = reward.build_style_pairs(train, groups, style_model, 30, 0)
+    assert default == reward.build_style_pairs(train, groups, style_model, 30, 0, restyle_share=0.0)[0]
+    assert d_info["swap"] > 0
+    for share in (0.5, 1.0):
+        pairs, info = reward.build_style_pairs(train, groups, style_model, 30, 0, restyle_share=share)
+        kinds = [p["pair_type"] for p in pairs]
+        assert len(pairs) == 30 and info["restyle"] == kinds.count("style:restyle") >= share * 30 - 1
+        texts = dict(zip((r["impression"].strip() for r in train), groups))
+        for p in pairs:
+            assert p["chosen"] != p["rejected"] and texts[p["chosen"]] == p["style"].split()[1].rstrip(".")
+    assert reward.build_pairs(train, style_model, 20, 0, "train", restyle_share=1.0)[1]["style_info"]["swap"] == 0
+    with pytest.raises(ValueError, match="restyle_share"):
+        reward.build_style_pairs(train, groups, style_model, 4, 0, restyle_share=1.5)
+
+
 def test_fit_pairs_to_length_truncates_and_counts(style_model, tiny):
     _, tokenizer = tiny
     pairs, _ = reward.build_pairs(records(20), style_model, 6, 0, "train")

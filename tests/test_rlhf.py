@@ -297,6 +297,27 @@ def test_cached_grpo_trains_the_adapter_and_logs_trl_keys(style_model, tmp_path)
     assert len(rlhf.plot_rl_curves(result.log_history).axes) == 3
 
 
+def test_rl_start_sft_is_a_fresh_adapter_that_leaves_the_sft_model_unchanged(tmp_path):
+    """rl.start: sft puts a fresh adapter (the DPO stage's LoRA settings) on the SFT model: same logits, trainable
+    LoRA only on the DPO stage's last layers, no DPO adapter needed."""
+    from radimpress_lib.core import config
+
+    params = config.load_params("ci-tiny", {"rl": {"start": "sft"}, "dpo": {"lora_r": 4, "lora_last_layers": 1}})
+    base, tokenizer = _tiny()
+    ids = torch.tensor([tokenizer("no acute disease", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+    policy = rlhf.load_trainable_dpo(base, params)
+    with torch.no_grad():
+        assert torch.allclose(policy(input_ids=ids).logits, before)
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    last = base.config.num_hidden_layers - 1
+    assert trainable and all("lora_" in n and f".layers.{last}." in n for n in trainable)
+    assert policy.peft_config["default"].r == 4
+    with pytest.raises(FileNotFoundError, match="no DPO adapter"):
+        rlhf.load_trainable_dpo(_tiny()[0], config.load_params("ci-tiny", {"run": {"output_dir": str(tmp_path)}}))
+
+
 def test_cached_rl_refuses_rloo_and_a_policy_without_adapter():
     from radimpress_lib.train import rl_cached
 

@@ -422,6 +422,10 @@ class RewardStageConfig(_Stage):
         "balanced", description="train pairs' corruption types: natural (uniform among the types that apply to "
         "each impression) or balanced (the type with the fewest pairs so far first, so the rarely applicable "
         "ones are not left rare; bench/rm_scaling.py); held-out pairs stay natural")
+    restyle_share: float = Field(
+        0.0, ge=0, le=1, description="train style pairs: least share of restyles (the impression rewritten in another "
+        "radiologist's template) even where another radiologist's same-content impression exists; 0: restyles only "
+        "where none exists (bench/rm_scaling.py); held-out pairs keep 0")
     max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
     prompt_similar: bool = Field(
         True, description="the reward model also reads the prompt's 'Impressions of similar reports' (the policy's "
@@ -478,6 +482,9 @@ class RLStageConfig(_Stage):
         "trl", description="trl: TRL's online trainer (every completion a full sequence); cached: GRPO with each "
         "prompt computed once per group and the frozen layers once per step (LLaMA-type models, GRPO only)")
     algorithm: Literal["grpo", "rloo"] = Field("grpo", description="online RL algorithm")
+    start: Literal["dpo", "sft"] = Field(
+        "dpo", description="policy RL starts from: dpo: the DPO adapter (trained on); sft: a fresh adapter on the SFT "
+        "model with the DPO stage's LoRA settings (the DPO model is still trained and evaluated beside it)")
     prompts: int = Field(12, gt=0, description="train-split prompts (seen radiologists, their style prefix)")
     max_steps: int = Field(6, gt=0, description="optimizer steps")
     num_generations: int = Field(4, ge=2, description="completions per prompt (group size)")

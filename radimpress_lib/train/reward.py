@@ -100,12 +100,19 @@ def _seen(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: st
 
 
 def build_style_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str], model: style.StyleModel, n: int,
-                      seed: int, source: str = "style_pairs") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                      seed: int, source: str = "style_pairs", restyle_share: float = 0.0
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Up to ``n`` style pairs from ``records`` (one split) and their groups; returns (pairs, info).
 
     Targets are drawn seeded, with the groups balanced (round robin over seen groups), so the
-    pairs are not all about the most frequent normal template.
+    pairs are not all about the most frequent normal template. A pair is a *swap* (another group's
+    impression with the same findings labels) where one exists, else a *restyle* (the impression
+    rewritten in another group's template: normal phrase, numbering); ``restyle_share`` > 0 makes
+    at least that share of the pairs restyles even where a swap exists (same content, other template:
+    what a policy changes when it games the template).
     """
+    if not 0.0 <= restyle_share <= 1.0:
+        raise ValueError(f"restyle_share must be in [0, 1], got {restyle_share}")
     rng = random.Random(seed)
     seen = _seen(records, groups, model)
     by_sig: dict[frozenset[str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -132,7 +139,7 @@ def build_style_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str
         record, group = seen[i]
         chosen = record["impression"].strip()
         others = [(g, t) for g, texts in by_sig[sigs[i]].items() if g != group for t in texts if t != chosen]
-        if others:
+        if others and info["restyle"] >= restyle_share * (len(pairs) + 1):
             _, rejected = rng.choice(others)
             kind = "swap"
         else:
@@ -140,6 +147,9 @@ def build_style_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[str
             rng.shuffle(targets)
             rejected = next((t for t in (style.restyle(chosen, model, g) for g in targets) if t.strip() != chosen), None)
             kind = "restyle"
+            if rejected is None and others:
+                _, rejected = rng.choice(others)
+                kind = "swap"
             if rejected is None:
                 info["no_partner"] += 1
                 continue
@@ -188,16 +198,19 @@ def build_factual_pairs(records: Sequence[Mapping[str, Any]], groups: Sequence[s
 
 
 def build_pairs(records: Sequence[Mapping[str, Any]], model: style.StyleModel, n: int, seed: int,
-                split: str, factual_mix: str = "natural") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                split: str, factual_mix: str = "natural", restyle_share: float = 0.0
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``n`` pairs from one split: half style, half factual (seeded); returns (pairs, info with counts).
 
-    ``factual_mix``: how the factual pairs' corruption types are drawn (:func:`build_factual_pairs`).
+    ``factual_mix``: how the factual pairs' corruption types are drawn (:func:`build_factual_pairs`);
+    ``restyle_share``: least share of restyled style pairs (:func:`build_style_pairs`).
     """
     if any(r.get("split") == "test" for r in records):
         raise ValueError("preference pairs are built from train/validate reports only, never the test split")
     groups = model.assign(records)
     n_style = n // 2
-    style_pairs, s_info = build_style_pairs(records, groups, model, n_style, seed, source=f"style_pairs:{split}")
+    style_pairs, s_info = build_style_pairs(records, groups, model, n_style, seed, source=f"style_pairs:{split}",
+                                            restyle_share=restyle_share)
     fact_pairs, f_info = build_factual_pairs(records, groups, model, n - len(style_pairs), seed + 1,
                                              mix=factual_mix)
     pairs = style_pairs + fact_pairs

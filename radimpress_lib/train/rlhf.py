@@ -487,9 +487,13 @@ def _train_rl_cached(model: Any, tokenizer: Any, prompts: datasets.Dataset, rewa
 
 
 def load_trainable_dpo(sft_model: Any, params: Params) -> Any:
-    """The merged SFT model with the DPO adapter attached *trainable* (the RL starting point)."""
-    from peft import PeftModel
+    """The RL starting point on the merged SFT model, *trainable*: the DPO adapter (``rl.start: dpo``) or a fresh
+    adapter with the DPO stage's LoRA settings (``rl.start: sft``; LoRA's zero-initialised B makes it the SFT model)."""
+    from peft import PeftModel, get_peft_model
 
+    if params.rl.start == "sft":
+        return get_peft_model(sft_model, _lora(params.dpo.lora_r, params.dpo.lora_alpha,
+                                               lora_layers(sft_model, params.dpo.lora_last_layers)))
     folder = dpo_dir(params) / "adapter"
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder}: no DPO adapter; run the DPO part of notebook 04 first")
