@@ -130,18 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc["variants"][variant] = entry
 
-    def score(model) -> dict[str, Any]:
+    def score(model) -> tuple[Any, dict[str, Any]]:
+        """The held-out margins and their accuracy (and the restyle pairs' with ``--restyle-eval``)."""
         margins = reward.score_held_out(model, tokenizer, eval_pairs, rm_cfg)  # as notebook 03
-        out = {"summary": reward.accuracy_summary(margins),
-               "by_type": reward.pairwise_accuracy(margins).to_dict(orient="records")}
+        out = _accuracy(margins)
         if restyle_pairs:
             restyled = reward.score_held_out(model, tokenizer, restyle_pairs, rm_cfg)
             out["restyle_eval"] = {"n": len(restyled), "accuracy": float((restyled["margin"] > 0).mean())}
-        return out
+        return margins, out
 
     def on_point(model, step: int, train_s: float) -> None:
         seen = step * rm_cfg.per_device_batch
-        scores = score(model)
+        _, scores = score(model)
         entry["curve"].append({"train_pairs_seen": seen, "step": step, "train_time_s": round(train_s, 1), **scores})
         s = scores["summary"]
         print(f"[rm_scaling] {variant}: {seen} pairs, step {step}, {train_s:.0f}s train -> "
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         _write(out, doc)
 
     if args.ensemble > 1:
-        return _ensemble(args, out, doc, entry, rm_cfg, cfg, tokenizer, train_pairs, eval_pairs, seed, variant)
+        return _ensemble(args, out, doc, entry, rm_cfg, cfg, tokenizer, train_pairs, score, seed, variant)
     every_steps = args.eval_every // rm_cfg.per_device_batch
     points = TimedPoints(set(range(every_steps, len(train_pairs) // rm_cfg.per_device_batch + 1, every_steps)),
                          on_point, at_end=True)
@@ -165,10 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _accuracy(margins: Any) -> dict[str, Any]:
+    """Held-out pair accuracy: by family (``summary``) and by family and pair type (``by_type``)."""
+    return {"summary": reward.accuracy_summary(margins),
+            "by_type": reward.pairwise_accuracy(margins).to_dict(orient="records")}
+
+
 def _ensemble(args: argparse.Namespace, out: Path, doc: dict[str, Any], entry: dict[str, Any], rm_cfg: Any,
-              cfg: Any, tokenizer: Any, train_pairs: list, eval_pairs: list, seed: int, variant: str) -> int:
-    """``--ensemble N``: members with seeds ``seed + i`` on the same pairs; each member's and the ensemble's
-    held-out accuracy after every member."""
+              cfg: Any, tokenizer: Any, train_pairs: list, score: Any, seed: int, variant: str) -> int:
+    """``--ensemble N``: members with seeds ``seed + i`` on the same pairs; each member's held-out accuracy (``score``,
+    as a single run's) and the ensemble's after every member."""
     margins = []
     entry["members"] = []
     for i in range(args.ensemble):
@@ -178,17 +184,15 @@ def _ensemble(args: argparse.Namespace, out: Path, doc: dict[str, Any], entry: d
         model, result = reward.train_reward_model(model, tokenizer, train_pairs, rm_cfg, WORK / variant /
                                                   str(member_seed), member_seed)
         t0 = time.perf_counter()
-        scores = reward.score_held_out(model, tokenizer, eval_pairs, rm_cfg)
+        scores, scored = score(model)
         score_s = time.perf_counter() - t0
         margins.append(scores["margin"].to_numpy())
         mean = scores.assign(margin=np.mean(margins, axis=0))
         z = scores.assign(margin=np.mean([m / m.std() for m in margins], axis=0))
         entry["members"].append({
             "seed": member_seed, "train_s": round(result.wall_time_s, 1), "cache_build_s": result.settings.get(
-                "cache_build_s"), "score_s": round(score_s, 1), "summary": reward.accuracy_summary(scores),
-            "by_type": reward.pairwise_accuracy(scores).to_dict(orient="records"),
-            "ensemble": {"members": i + 1, "summary": reward.accuracy_summary(mean),
-                         "by_type": reward.pairwise_accuracy(mean).to_dict(orient="records")},
+                "cache_build_s"), "score_s": round(score_s, 1), **scored,
+            "ensemble": {"members": i + 1, **_accuracy(mean)},
             "ensemble_z": {"members": i + 1, "summary": reward.accuracy_summary(z)}})
         s, e = entry["members"][-1]["summary"], entry["members"][-1]["ensemble"]["summary"]
         print(f"[rm_scaling] {variant}: member seed {member_seed} factual {s['factual_pair_acc']:.3f} style "
