@@ -100,7 +100,7 @@ def test_dpo_then_grpo_then_loading(style_model, tmp_path, monkeypatch):
     policy_base, tokenizer = _tiny()
     sft_state = {k: v.clone() for k, v in policy_base.state_dict().items()}
     policy = PeftModel.from_pretrained(policy_base, str(tmp_path / "dpo" / "adapter"), is_trainable=True)
-    rl_cfg = RLStageConfig(prompts=4, max_steps=2, num_generations=2, prompts_per_step=2,
+    rl_cfg = RLStageConfig(trainer="trl", prompts=4, max_steps=2, num_generations=2, prompts_per_step=2,
                            max_new_tokens=6, learning_rate=1e-2)
     prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 4, 0, tokenizer, 320)
     funcs = rlhf.RewardFunctions(reward.RewardScorer(rm, tokenizer), rl_cfg)
@@ -198,7 +198,7 @@ def test_rloo_runs_one_step(style_model, tmp_path):
     from peft import get_peft_model
 
     policy = get_peft_model(base, rlhf._lora(4, 8, None))
-    rl_cfg = RLStageConfig(algorithm="rloo", prompts=2, max_steps=1, num_generations=2,
+    rl_cfg = RLStageConfig(trainer="trl", algorithm="rloo", prompts=2, max_steps=1, num_generations=2,
                            prompts_per_step=2, max_new_tokens=4)
     prompts, _ = rlhf.rl_prompt_dataset(train, style_model, 2, 0, tokenizer, 320)
     _, result = rlhf.train_rl(policy, tokenizer, prompts, rlhf.RewardFunctions(None, rl_cfg), rl_cfg, tmp_path, 0,

@@ -423,9 +423,10 @@ class RewardStageConfig(_Stage):
         "each impression) or balanced (the type with the fewest pairs so far first, so the rarely applicable "
         "ones are not left rare; bench/rm_scaling.py); held-out pairs stay natural")
     restyle_share: float = Field(
-        0.0, ge=0, le=1, description="train style pairs: least share of restyles (the impression rewritten in another "
-        "radiologist's template) even where another radiologist's same-content impression exists; 0: restyles only "
-        "where none exists (bench/rm_scaling.py); held-out pairs keep 0")
+        0.5, ge=0, le=1, description="train style pairs: least share of restyles (the impression rewritten in another "
+        "radiologist's template) even where another radiologist's same-content impression exists, so RL cannot gain "
+        "reward by another radiologist's template; 0: restyles only where none exists (bench/rm_scaling.py); "
+        "held-out pairs keep 0")
     max_length: int = Field(384, gt=16, description="longest prompt+impression; longer findings are truncated")
     prompt_similar: bool = Field(
         True, description="the reward model also reads the prompt's 'Impressions of similar reports' (the policy's "
@@ -479,24 +480,27 @@ class RLStageConfig(_Stage):
     """
 
     trainer: Literal["trl", "cached"] = Field(
-        "trl", description="trl: TRL's online trainer (every completion a full sequence); cached: GRPO with each "
+        "cached", description="trl: TRL's online trainer (every completion a full sequence); cached: GRPO with each "
         "prompt computed once per group and the frozen layers once per step (LLaMA-type models, GRPO only)")
     algorithm: Literal["grpo", "rloo"] = Field("grpo", description="online RL algorithm")
     start: Literal["dpo", "sft"] = Field(
         "dpo", description="policy RL starts from: dpo: the DPO adapter (trained on); sft: a fresh adapter on the SFT "
         "model with the DPO stage's LoRA settings (the DPO model is still trained and evaluated beside it)")
-    prompts: int = Field(12, gt=0, description="train-split prompts (seen radiologists, their style prefix)")
-    max_steps: int = Field(6, gt=0, description="optimizer steps")
+    prompts: int = Field(200, gt=0, description="train-split prompts (seen radiologists, their style prefix); "
+                         "max_steps x prompts_per_step: each prompt once")
+    max_steps: int = Field(100, gt=0, description="optimizer steps")
     num_generations: int = Field(4, ge=2, description="completions per prompt (group size)")
     prompts_per_step: int = Field(2, gt=0, description="prompts per optimizer step")
     max_new_tokens: int = Field(32, gt=0, description="longest sampled impression in tokens")
     max_prompt_tokens: int = Field(320, gt=16, description="longer findings are truncated for RL prompts")
-    temperature: float = Field(1.0, gt=0)
-    beta: float = Field(0.05, ge=0, description="KL coefficient to the SFT model")
+    temperature: float = Field(
+        0.7, gt=0, description="sampling temperature of the groups (1.0: the gains stay in the sampled tail and do not "
+        "reach the greedy drafts; bench/rl_steps.py)")
+    beta: float = Field(0.3, ge=0, description="KL coefficient to the SFT model")
     learning_rate: float = Field(2e-4, gt=0)
     w_reward_model: float = Field(1.0, ge=0, description="weight of the reward-model score")
     w_factual: float = Field(1.0, ge=0, description="weight of the labeler consistency with the findings")
-    w_length: float = Field(0.5, ge=0, description="weight of the length penalty |log(len / reference len)|")
+    w_length: float = Field(1.0, ge=0, description="weight of the length penalty |log(len / reference len)|")
     guard_length_ratio: list[float] = Field([0.5, 2.0], description="allowed generated/reference length ratio")
     guard_min_distinct: float = Field(0.3, ge=0, le=1, description="least share of distinct impressions")
     eval_reports: int = Field(24, gt=0, description="validation reports decoded for the guards after training")
