@@ -1,7 +1,7 @@
 """Online RL long enough to move the policy: notebook 04's GRPO (or RLOO) for ``--steps`` optimizer steps, then
 the reward it earns on held-out validate prompts against the SFT and DPO models (issue #17).
 
-Notebook 04 runs ``rl.max_steps`` (6) steps to fit the reproduction's time budget. This benchmark runs the same
+Notebook 04 runs ``rl.max_steps`` steps (100 since the reference run of 913f08c; 6 before). This benchmark runs the same
 trainer (:func:`radimpress_lib.train.rlhf.train_rl`: the reference run's DPO adapter on the SFT model, KL to the SFT
 model, reward = reward model + factual - length, ``rl.w_*``) from the same start for ``--steps`` steps, each train
 prompt once (``rl.prompts`` = steps x ``rl.prompts_per_step``), into ``.cache/bench/rl_steps/`` (the reference run's
@@ -16,6 +16,8 @@ slot (as notebook 04's guards), greedy drafts of SFT, DPO (the RL start) and RL,
 
 The JSON keeps the first ``--examples`` held-out drafts of each system (what a reward-model exploit looks like).
 ``--rm-adapter`` trains and scores with another reward model (e.g. one ``bench/rm_scaling.py`` trained).
+``--reference-rl`` trains nothing: it scores the reference run's own RL adapter (notebook 04's ``rl/``, its curves from
+``rl/result.json``) the same way, so the held-out gain is known for the policy notebook 05 evaluates.
 ``--set trainer=cached`` runs the cached GRPO trainer (:mod:`radimpress_lib.train.rl_cached`). ``--speed-steps N``
 instead trains both trainers (TRL's and the cached one) for ``N`` steps from the same start on the same prompts, in
 one process, and writes their seconds per step and ``rl_speedup`` (no evaluation).
@@ -25,6 +27,7 @@ Needs the reference run's ``sft/``, ``reward_model/`` and ``dpo/`` adapters (not
 Usage::
 
     RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py [--steps 100] [--eval-reports 64] [--set FIELD=VALUE]
+    RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py --reference-rl --out bench/results/rl_reference.json
     RADIMPRESS_DATA=... .venv/bin/python bench/rl_steps.py --speed-steps 12
 
 Writes ``bench/results/rl_steps.json`` (``rl_speed.json`` with ``--speed-steps``).
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rm-adapter", default=None,
                     help="reward-model adapter for training and the held-out reward (e.g. one bench/rm_scaling.py "
                          "trained); default notebook 03's")
+    ap.add_argument("--reference-rl", action="store_true",
+                    help="train nothing: score the reference run's RL adapter (notebook 04's rl/) with its settings")
     ap.add_argument("--speed-steps", type=int, default=0,
                     help="instead: train both trainers (rl.trainer trl and cached) for this many steps from the same "
                          "start on the same prompts and write their seconds per step (no evaluation)")
@@ -152,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         return speed(args)
     base = config.load_params(args.params)
     changed = stage_overrides(args.set, base.rl, "rl")
-    cfg = config.load_params(args.params, {"rl": {"max_steps": args.steps, **changed,
-                                                  "prompts": args.steps * base.rl.prompts_per_step}})
-    for stage, folder in (("sft", artifacts.sft_dir(cfg)), ("reward model", artifacts.rm_dir(cfg)),
-                          ("dpo", artifacts.dpo_dir(cfg))):
+    if args.reference_rl and (changed or args.rm_adapter or args.rl_seed is not None):
+        print("--reference-rl scores notebook 04's adapter with the params' settings: no --set, --rm-adapter or "
+              "--rl-seed")
+        return 2
+    cfg = base if args.reference_rl else config.load_params(
+        args.params, {"rl": {"max_steps": args.steps, **changed, "prompts": args.steps * base.rl.prompts_per_step}})
+    needed = [("sft", artifacts.sft_dir(cfg)), ("reward model", artifacts.rm_dir(cfg)), ("dpo", artifacts.dpo_dir(cfg))]
+    for stage, folder in needed + ([("rl", artifacts.rl_dir(cfg))] if args.reference_rl else []):
         if not (folder / "adapter").is_dir():
             print(f"no {stage} adapter at {folder}/adapter: run notebooks 02-04 first")
             return 2
@@ -163,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     train, validate, style_model, style_clf, rm_model = _setup(cfg, args.rm_adapter)
     policy, tokenizer, prompts, prompt_info, scorer = _rl_start(cfg, cfg.rl, train, style_model, rm_model)
     rewards = rlhf.RewardFunctions(scorer, cfg.rl)
-    t0 = time.perf_counter()
     rl_seed = cfg.run.seed if args.rl_seed is None else args.rl_seed
-    rl_model, result = rlhf.train_rl(policy, tokenizer, prompts, rewards, cfg.rl, work / "rl", rl_seed)
-    train_s = time.perf_counter() - t0
+    if args.reference_rl:
+        rl_model, _, _ = rlhf.load_policy(cfg, "rl")
+        result = rlhf.StageResult(**json.loads((artifacts.rl_dir(cfg) / "result.json").read_text(encoding="utf-8")))
+        train_s = float(result.wall_time_s)
+    else:
+        t0 = time.perf_counter()
+        rl_model, result = rlhf.train_rl(policy, tokenizer, prompts, rewards, cfg.rl, work / "rl", rl_seed)
+        train_s = time.perf_counter() - t0
 
     records = validate[: args.eval_reports]
     targets, slots, _ = style_eval.test_style_slots(style_model, records, train, cfg.style.fewshot_k, cfg.run.seed)
@@ -210,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
            "s_per_step": round(train_s / max(1, result.global_step), 2),
            "rl_settings": {k: v for k, v in cfg.rl.model_dump().items() if k not in ("guard_length_ratio",)},
            "trainer": cfg.rl.trainer, "rl_seed": rl_seed,
+           "rl_adapter": "notebook 04 (reference run)" if args.reference_rl else "trained by this run",
            "reward_model": paths.portable_text(args.rm_adapter) if args.rm_adapter else "notebook 03",
            "eval_reports": len(records), "held_out_mean": held_out, "paired": deltas,
            "guards_validate": {s: {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
