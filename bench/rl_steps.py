@@ -10,6 +10,8 @@ slot (as notebook 04's guards), greedy drafts of SFT, DPO (the RL start) and RL,
 
 * ``rm_factual``: reward-model score + factual reward (the issue's held-out reward), and ``total`` (minus the
   length penalty, as in training), with paired-bootstrap 95% CIs of RL - SFT and RL - DPO;
+* ``hallucinated``: whether the draft asserts a finding its findings do not mention (entity graph, as notebook 05's
+  hallucinated-finding rate), mean = share of drafts;
 * the length and distinct-impression guards, style accuracy and labeler consistency
   (:func:`radimpress_lib.train.rlhf.validation_guards`);
 * the trainer's curves (reward, KL) and seconds per step.
@@ -51,7 +53,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sft_throughput import machine, stage_overrides  # noqa: E402
 
 from radimpress_lib import data  # noqa: E402
-from radimpress_lib.clinical import style  # noqa: E402
+from radimpress_lib.clinical import graph, style  # noqa: E402
 from radimpress_lib.core import artifacts, config, paths  # noqa: E402
 from radimpress_lib.evaluation import metrics, style_eval  # noqa: E402
 from radimpress_lib.llm import checkpoints, generation, prompting, retrieval  # noqa: E402
@@ -206,15 +208,18 @@ def main(argv: list[str] | None = None) -> int:
         rm = np.asarray(rewards.reward_model(messages, texts), dtype=float)
         fact = np.asarray(rewards.factual(messages, texts, findings), dtype=float)
         length = np.asarray(rewards.length(messages, texts, references), dtype=float)
+        hallucinated = np.asarray([bool(graph.compare_to_findings(graph.extract_graph_cached(t), graph.extract_graph_cached(
+            f))["hallucinated"]) for t, f in zip(texts, findings)], dtype=float)
         per[stage] = {"reward_model": rm, "factual": fact, "length": length,
-                      "rm_factual": w_rm * rm + w_f * fact, "total": w_rm * rm + w_f * fact + w_len * length}
+                      "rm_factual": w_rm * rm + w_f * fact, "total": w_rm * rm + w_f * fact + w_len * length,
+                      "hallucinated": hallucinated}
     guards = rlhf.validation_guards({s: decoded[s] for s in ("sft", "dpo", "rl")}, records, targets, style_clf, cfg.rl)
     held_out = {stage: {k: float(v.mean()) for k, v in parts.items()} for stage, parts in per.items()}
     style_table = style_eval.style_evaluation(style_clf, {s: [p["prediction"] for p in r.predictions]
                                                           for s, r in decoded.items()}, targets, references,
                                               n_boot=args.n_boot, seed=cfg.run.seed)
     deltas = {f"rl_vs_{other}": {k: paired(per["rl"][k], per[other][k], args.n_boot, cfg.run.seed)
-                                 for k in ("rm_factual", "total", "reward_model", "factual")}
+                                 for k in ("rm_factual", "total", "reward_model", "factual", "hallucinated")}
               for other in ("sft", "dpo")}
     history = result.log_history
     curves = [{"step": h.get("step")} | {k: h[k] for k in CURVE_KEYS if k in h} for h in history if "reward" in h]
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, m in held_out.items():
         print(f"  {stage:4s} rm+factual {m['rm_factual']:.3f}  total {m['total']:.3f}  "
               f"length ratio {doc['guards_validate'][stage]['length_ratio']:.2f}  "
-              f"style {doc['guards_validate'][stage]['style_accuracy']:.2f}")
+              f"style {doc['guards_validate'][stage]['style_accuracy']:.2f}  hallucinated {m['hallucinated']:.3f}")
     for name, d in deltas.items():
         r = d["rm_factual"]
         print(f"  {name}: rm+factual {r['delta']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] p = {r['p_value']:.3f}")
