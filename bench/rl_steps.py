@@ -89,10 +89,16 @@ def _rl_start(cfg: Any, rl_cfg: Any, train: Any, style_model: Any, rm_model: Any
     reward-model scorer."""
     policy_base, tokenizer, _ = checkpoints.load_finetuned(cfg, padding_side="left")
     policy = rlhf.load_trainable_dpo(policy_base, cfg)
+    return (policy, tokenizer, *_prompts_and_scorer(cfg, rl_cfg, train, style_model, rm_model, tokenizer))
+
+
+def _prompts_and_scorer(cfg: Any, rl_cfg: Any, train: Any, style_model: Any, rm_model: Any,
+                        tokenizer: Any) -> tuple[Any, ...]:
+    """The RL prompts (notebook 04's), their truncation info and the reward-model scorer."""
     prompts, prompt_info = rlhf.rl_prompt_dataset(train, style_model, rl_cfg.prompts, cfg.run.seed, tokenizer,
                                                   rl_cfg.max_prompt_tokens)
     scorer = reward.RewardScorer(rm_model, tokenizer, batch_size=8, show_similar=cfg.rm.prompt_similar)
-    return policy, tokenizer, prompts, prompt_info, scorer
+    return prompts, prompt_info, scorer
 
 
 def speed(args: argparse.Namespace) -> int:
@@ -172,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     work = ROOT / ".cache" / "bench" / "rl_steps"
     train, validate, style_model, style_clf, rm_model = _setup(cfg, args.rm_adapter)
-    policy, tokenizer, prompts, prompt_info, scorer = _rl_start(cfg, cfg.rl, train, style_model, rm_model)
+    if args.reference_rl:  # the trained policy itself: no trainable start to build
+        rl_model, tokenizer, _ = rlhf.load_policy(cfg, "rl")
+        policy, (prompts, prompt_info, scorer) = None, _prompts_and_scorer(cfg, cfg.rl, train, style_model, rm_model,
+                                                                           tokenizer)
+    else:
+        policy, tokenizer, prompts, prompt_info, scorer = _rl_start(cfg, cfg.rl, train, style_model, rm_model)
     rewards = rlhf.RewardFunctions(scorer, cfg.rl)
     rl_seed = cfg.run.seed if args.rl_seed is None else args.rl_seed
     if args.reference_rl:
-        rl_model, _, _ = rlhf.load_policy(cfg, "rl")
         result = rlhf.StageResult(**json.loads((artifacts.rl_dir(cfg) / "result.json").read_text(encoding="utf-8")))
         train_s = float(result.wall_time_s)
     else:
