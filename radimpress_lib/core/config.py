@@ -506,8 +506,8 @@ class RLStageConfig(_Stage):
     guard_length_ratio: list[float] = Field([0.5, 2.0], description="allowed generated/reference length ratio")
     guard_min_distinct: float = Field(0.3, ge=0, le=1, description="least share of distinct impressions")
     eval_reports: int = Field(24, gt=0, description="validation reports decoded for the guards after training")
-    logging_steps: int = Field(10, gt=0, description="optimizer steps between progress lines (the curves keep "
-                               "every step)")
+    logging_steps: int = Field(10, gt=0, description="optimizer steps between progress lines (the cached trainer's "
+                               "curves keep every step; TRL's trainer records its curves at these steps only)")
 
     @model_validator(mode="after")
     def _check(self) -> "RLStageConfig":
